@@ -1,0 +1,190 @@
+"""distrax bijectors: the masked autoregressive layer and a fixed permutation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmaf.masks import check_permutation
+from jaxmaf.transformers import Affine, get_transformer
+
+Array = jax.Array
+
+
+class MaskedAutoregressive(distrax.Bijector):
+    """An autoregressive bijector driven by any conditioner (MAF convention).
+
+    ``forward`` maps base noise ``u`` to data ``x``: ``x_i = tau(u_i;
+    theta_i(x_{<i}))`` where ``theta = conditioner(x)`` and ``tau`` is the
+    transformer (affine: ``x = u * scale + shift``, as in the MAF paper).
+
+    - ``inverse`` / ``inverse_and_log_det`` (density direction): ONE
+      conditioner pass; the log-det is the sum of the elementwise
+      log-derivatives (the Jacobian is triangular).
+    - ``forward`` / ``forward_and_log_det`` (sampling direction): D sequential
+      conditioner passes inside ``lax.fori_loop``, so the traced program does
+      not grow with D. After pass k the first k dimensions of the order are
+      exact, so after D passes all are, whatever the order.
+
+    ``forward`` and ``inverse`` skip the log-det work. The bijector holds no
+    parameters: wrap it in :class:`distrax.Inverse` for an IAF layer (one-pass
+    sampling, sequential density).
+
+    Args:
+      conditioner: callable ``(..., D) -> (..., D, P)`` with the autoregressive
+        property (output ``i`` depends only on inputs before ``i`` in some
+        order), e.g. a :class:`jaxmaf.MADE` or ``functools.partial(made,
+        context=c)``. Its output batch shape may be larger than the input's
+        (a batch of contexts): outputs broadcast.
+      transformer: ``"affine"`` or a transformer instance with
+        ``num_params == P``.
+
+    Raises:
+      ValueError: (when called, at trace time) an input with fewer than one
+        dimension, or a conditioner output that is not ``(..., D, P)``.
+
+    Example:
+      >>> from flax import nnx
+      >>> made = jaxmaf.MADE(3, (16,), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
+      >>> bij = MaskedAutoregressive(made)
+      >>> x = bij.forward(jnp.ones(3))
+      >>> u, log_det = bij.inverse_and_log_det(x)   # u == 1, one pass
+    """
+
+    def __init__(
+        self, conditioner: Callable[[Array], Array], transformer: str | Affine = "affine"
+    ):
+        super().__init__(event_ndims_in=1)
+        if not callable(conditioner):
+            raise ValueError(f"Expected a callable conditioner, got {conditioner!r}.")
+        self._conditioner = conditioner
+        self._transformer = get_transformer(transformer)
+
+    @property
+    def conditioner(self) -> Callable[[Array], Array]:
+        """The conditioner callable."""
+        return self._conditioner
+
+    @property
+    def transformer(self) -> Affine:
+        """The elementwise transformer."""
+        return self._transformer
+
+    def _params(self, x: Array) -> Array:
+        params = self._conditioner(x)
+        self._check_params(x, params)
+        return params
+
+    def _check_params(self, x: Array, params: Array | jax.ShapeDtypeStruct) -> None:
+        dim, p = x.shape[-1], self._transformer.num_params
+        if params.ndim < 2 or params.shape[-2:] != (dim, p):
+            raise ValueError(
+                f"Expected the conditioner to return shape (..., {dim}, {p}) for an input of "
+                f"shape {x.shape}, got {params.shape}."
+            )
+
+    def inverse(self, y: Array) -> Array:
+        """Computes ``u = f^{-1}(y)`` in one conditioner pass; ``(..., D) -> (..., D)``."""
+        self._check_inverse_input_shape(y)
+        return self._transformer.inverse(y, self._params(y))
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        """Computes ``u = f^{-1}(y)`` ``(..., D)`` and ``log|det J_{f^{-1}}(y)|`` ``(...)``."""
+        self._check_inverse_input_shape(y)
+        u, log_d = self._transformer.inverse_and_log_det(y, self._params(y))
+        return u, jnp.sum(log_d, axis=-1)
+
+    def forward(self, x: Array) -> Array:
+        """Computes ``y = f(x)`` with D sequential passes; ``(..., D) -> (..., D)``."""
+        x, y = self._sequential_start(x)
+        return jax.lax.fori_loop(0, x.shape[-1], self._sequential_step(x), y)
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        """Computes ``y = f(x)`` ``(..., D)`` and ``log|det J_f(x)|`` ``(...)``.
+
+        D - 1 passes inside the loop, the last one outside it to read the
+        log-scales that produced the final ``y`` (no extra pass).
+        """
+        x, y = self._sequential_start(x)
+        y = jax.lax.fori_loop(0, x.shape[-1] - 1, self._sequential_step(x), y)
+        y, log_d = self._transformer.forward_and_log_det(x, self._params(y))
+        return y, jnp.sum(log_d, axis=-1)
+
+    def _sequential_start(self, x: Array) -> tuple[Array, Array]:
+        self._check_forward_input_shape(x)
+        out = jax.eval_shape(self._conditioner, x)
+        self._check_params(x, out)
+        shape = jnp.broadcast_shapes(x.shape, out.shape[:-1])
+        x = jnp.broadcast_to(x, shape)
+        return x, jnp.zeros(shape, jnp.result_type(x, out.dtype))
+
+    def _sequential_step(self, x: Array) -> Callable[[int, Array], Array]:
+        def step(_, y):
+            return self._transformer.forward(x, self._conditioner(y)).astype(y.dtype)
+
+        return step
+
+
+class Permute(distrax.Bijector):
+    """Reorders the last axis: ``y[..., i] = x[..., permutation[i]]`` (log-det 0).
+
+    distrax has no permutation bijector; this is TFP's ``tfb.Permute``
+    convention.
+
+    Args:
+      permutation: a permutation of ``0..D-1``.
+
+    Raises:
+      ValueError: not a permutation; (when called) an input whose last
+        dimension is not D.
+
+    Example:
+      >>> Permute([1, 0]).forward(jnp.array([1.0, 2.0])).tolist()
+      [2.0, 1.0]
+    """
+
+    def __init__(self, permutation: Sequence[int] | np.ndarray):
+        perm = check_permutation(permutation, len(np.asarray(permutation)))
+        super().__init__(event_ndims_in=1, is_constant_jacobian=True)
+        self._perm = tuple(int(i) for i in perm)
+        self._inv = tuple(int(i) for i in np.argsort(perm))
+
+    @property
+    def permutation(self) -> np.ndarray:
+        """The permutation, shape ``(D,)``."""
+        return np.asarray(self._perm)
+
+    def _apply(self, x: Array, index: tuple[int, ...]) -> Array:
+        if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != len(index):
+            raise ValueError(
+                f"Permute expects inputs of shape (..., {len(index)}), got {jnp.shape(x)}."
+            )
+        if index == tuple(range(len(index))[::-1]):
+            return jnp.flip(x, axis=-1)
+        return jnp.take(x, np.asarray(index), axis=-1)
+
+    def forward(self, x: Array) -> Array:
+        """Permutes ``x`` ``(..., D)``."""
+        return self._apply(x, self._perm)
+
+    def inverse(self, y: Array) -> Array:
+        """Undoes the permutation of ``y`` ``(..., D)``."""
+        return self._apply(y, self._inv)
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        """Permutes ``x``; log-det zeros of shape ``(...)``."""
+        y = self.forward(x)
+        return y, jnp.zeros(y.shape[:-1], y.dtype)
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        """Undoes the permutation; log-det zeros of shape ``(...)``."""
+        x = self.inverse(y)
+        return x, jnp.zeros(x.shape[:-1], x.dtype)
+
+    def same_as(self, other: distrax.Bijector) -> bool:
+        """True when ``other`` is a Permute with the same permutation."""
+        return isinstance(other, Permute) and other._perm == self._perm

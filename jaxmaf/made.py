@@ -1,0 +1,295 @@
+"""MADE: the masked autoencoder for distribution estimation, as Flax NNX modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmaf import masks as masks_lib
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "elu": jax.nn.elu,
+    "celu": jax.nn.celu,
+    "selu": jax.nn.selu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+    "leaky_relu": jax.nn.leaky_relu,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def get_activation(activation: str | Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """Resolves an activation given by name or as a callable.
+
+    Args:
+      activation: a name from :data:`ACTIVATIONS` (``"relu"``, ``"sigmoid"``,
+        ``"tanh"``, ``"gelu"``, ``"elu"``, ``"silu"``, ...) or any callable
+        mapping an array to an array of the same shape.
+
+    Returns:
+      the activation function.
+
+    Raises:
+      ValueError: an unknown name, or neither a string nor a callable.
+
+    Example:
+      >>> get_activation("tanh") is jnp.tanh
+      True
+    """
+    if isinstance(activation, str):
+        try:
+            return ACTIVATIONS[activation]
+        except KeyError:
+            raise ValueError(
+                f"Unknown activation {activation!r}: expected one of {sorted(ACTIVATIONS)} "
+                "or a callable."
+            ) from None
+    if callable(activation):
+        return activation
+    raise ValueError(f"Expected an activation name or a callable, got {activation!r}.")
+
+
+def default_dtype() -> jnp.dtype:
+    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+class Constant:
+    """A hashable, read-only numpy array kept out of a module's state.
+
+    Masks are compile-time constants of the program (not parameters and not
+    state that jit would take as an input); NNX keeps non-array attributes in
+    the graph definition, which must be hashable.
+    """
+
+    __slots__ = ("array", "_hash")
+
+    def __init__(self, array: np.ndarray):
+        array = np.array(array)
+        array.setflags(write=False)
+        self.array = array
+        self._hash = hash((array.shape, array.dtype.str, array.tobytes()))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Constant)
+            and self._hash == other._hash
+            and np.array_equal(self.array, other.array)
+        )
+
+    def __repr__(self) -> str:
+        return f"Constant(shape={self.array.shape}, dtype={self.array.dtype})"
+
+
+class MaskedLinear(nnx.Module):
+    """A dense layer whose kernel is multiplied by a fixed binary mask.
+
+    ``y = x @ (kernel * mask) + bias``; the mask is a constant of the program.
+
+    Args:
+      mask: boolean array ``(in_features, out_features)``.
+      use_bias: whether to add a bias.
+      kernel_init: initializer of the kernel (applied before masking).
+      param_dtype: dtype of the parameters (default: float64 under
+        ``jax_enable_x64``, else float32).
+      rngs: NNX random streams (``params`` is used).
+
+    Example:
+      >>> layer = MaskedLinear(np.tril(np.ones((3, 3), bool)), rngs=nnx.Rngs(0))
+      >>> layer(jnp.ones(3)).shape
+      (3,)
+    """
+
+    def __init__(
+        self,
+        mask: np.ndarray,
+        *,
+        use_bias: bool = True,
+        kernel_init: Callable | None = None,
+        param_dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim != 2:
+            raise ValueError(f"Expected a 2-D mask (in, out), got shape {mask.shape}.")
+        fan_in, fan_out = mask.shape
+        dtype = param_dtype or default_dtype()
+        kernel_init = kernel_init or nnx.initializers.lecun_normal()
+        self.in_features, self.out_features = fan_in, fan_out
+        self.mask = Constant(mask)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (fan_in, fan_out), dtype))
+        self.bias = nnx.Param(jnp.zeros((fan_out,), dtype)) if use_bias else None
+
+    def masked_kernel(self) -> Array:
+        """The effective kernel ``kernel * mask``, shape ``(in, out)``."""
+        kernel = self.kernel[...]
+        return kernel * jnp.asarray(self.mask.array, kernel.dtype)
+
+    def __call__(self, x: Array) -> Array:
+        """Applies the layer to ``x`` of shape ``(..., in)``; returns ``(..., out)``."""
+        y = x @ self.masked_kernel()
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class MADE(nnx.Module):
+    """Masked autoencoder for distribution estimation (Germain et al. 2015).
+
+    One pass computes the parameters of every conditional: output ``(..., i, :)``
+    depends only on inputs that precede ``i`` in the order (and on the context).
+
+    Args:
+      dim: number of autoregressive inputs D (>= 1).
+      hidden_dims: widths of the hidden layers, each >= 1 (may be smaller than
+        D, and may be empty for a single masked linear map).
+      params_per_dim: number of outputs per dimension P (2 for an affine
+        transformer: shift and unconstrained scale).
+      context_dim: width of the conditioning input (0: unconditional). Context
+        reaches every output, the first dimension of the order included: in a
+        conditional MADE some hidden units have degree 0 and see the context
+        alone.
+      activation: name (see :data:`ACTIVATIONS`) or callable.
+      order: input order: ``"natural"``, ``"reversed"``, ``"random"`` or an
+        explicit permutation (see :func:`jaxmaf.masks.input_degrees`).
+      hidden_degrees: ``"equal"`` (cyclic, as TFP) or ``"random"`` (MADE paper).
+      output_init_scale: standard deviation multiplier of the output layer's
+        initial kernel relative to LeCun-normal; 0 makes every output start at
+        exactly its bias (zero), so a flow built on it starts at the identity.
+      param_dtype: dtype of the parameters (default float32, float64 under
+        ``jax_enable_x64``).
+      rngs: NNX random streams (``params``; random orders and degrees are
+        seeded from it too).
+
+    Raises:
+      ValueError: ``dim < 1``, a hidden width <= 0, ``params_per_dim < 1``,
+        ``context_dim < 0``, unknown activation, order or hidden-degree rule.
+
+    Example:
+      >>> made = MADE(3, (16, 16), 2, rngs=nnx.Rngs(0))
+      >>> made(jnp.ones((5, 3))).shape
+      (5, 3, 2)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dims: Sequence[int],
+        params_per_dim: int,
+        *,
+        context_dim: int = 0,
+        activation: str | Callable[[Array], Array] = "relu",
+        order: masks_lib.OrderLike = "natural",
+        hidden_degrees: str = "equal",
+        output_init_scale: float = 0.0,
+        param_dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        masks_lib._check_dim(dim)
+        hidden_dims = tuple(hidden_dims)
+        for h in hidden_dims:
+            if not isinstance(h, int | np.integer) or h <= 0:
+                raise ValueError(f"Expected every hidden_dims entry >= 1, got {hidden_dims}.")
+        if not isinstance(params_per_dim, int | np.integer) or params_per_dim < 1:
+            raise ValueError(f"Expected params_per_dim >= 1, got {params_per_dim!r}.")
+        if not isinstance(context_dim, int | np.integer) or context_dim < 0:
+            raise ValueError(f"Expected context_dim >= 0, got {context_dim!r}.")
+        if hidden_degrees not in masks_lib.HIDDEN_DEGREES:
+            raise ValueError(
+                f"Unknown hidden_degrees {hidden_degrees!r}: expected one of "
+                f"{masks_lib.HIDDEN_DEGREES}."
+            )
+        self.activation_fn = get_activation(activation)
+        needs_seed = (isinstance(order, str) and order == "random") or hidden_degrees == "random"
+        seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1)) if needs_seed else 0
+        degrees = masks_lib.input_degrees(dim, order, seed=seed)
+        layer_masks, _ = masks_lib.made_masks(
+            degrees, hidden_dims, params_per_dim, hidden_degrees, context_dim > 0, seed=seed + 1
+        )
+        dtype = param_dtype or default_dtype()
+
+        self.dim, self.params_per_dim, self.context_dim = dim, params_per_dim, context_dim
+        self.hidden_dims = hidden_dims
+        self.degrees = Constant(degrees)
+        self.hidden = nnx.List(
+            [MaskedLinear(m, param_dtype=dtype, rngs=rngs) for m in layer_masks[:-1]]
+        )
+        base_init = nnx.initializers.lecun_normal()
+
+        def out_init(key, shape, dtype):
+            return output_init_scale * base_init(key, shape, dtype)
+
+        self.output = MaskedLinear(layer_masks[-1], kernel_init=out_init, param_dtype=dtype,
+                                   rngs=rngs)
+        first_width = hidden_dims[0] if hidden_dims else dim * params_per_dim
+        self.context_proj = (
+            nnx.Linear(context_dim, first_width, use_bias=False, param_dtype=dtype, rngs=rngs)
+            if context_dim
+            else None
+        )
+
+    def __call__(self, x: Array, context: Array | None = None) -> Array:
+        """Computes every conditional's parameters in one pass.
+
+        Args:
+          x: inputs of shape ``(..., dim)``.
+          context: ``(..., context_dim)`` for a conditional MADE (batch
+            dimensions broadcast against those of ``x``), else None.
+
+        Returns:
+          array of shape ``broadcast(...) + (dim, params_per_dim)``.
+
+        Raises:
+          ValueError: wrong last dimension of ``x`` or ``context``, context
+            missing on a conditional MADE or given to an unconditional one.
+        """
+        check_event(x, self.dim, "x")
+        check_context(context, self.context_dim)
+        h = x
+        layers = [*self.hidden, self.output]
+        for i, layer in enumerate(layers):
+            h = layer(h)
+            if i == 0 and self.context_proj is not None:
+                h = h + self.context_proj(context)
+            if i < len(layers) - 1:
+                h = self.activation_fn(h)
+        return h.reshape(h.shape[:-1] + (self.dim, self.params_per_dim))
+
+
+def check_event(x: Array, dim: int, name: str = "x") -> None:
+    """Raises ValueError unless ``x`` has shape ``(..., dim)``."""
+    shape = jnp.shape(x)
+    if len(shape) < 1 or shape[-1] != dim:
+        raise ValueError(f"Expected {name} of shape (..., {dim}), got shape {shape}.")
+
+
+def check_context(context: Array | None, context_dim: int) -> None:
+    """Raises ValueError unless ``context`` matches a flow's ``context_dim``."""
+    if context_dim == 0:
+        if context is not None:
+            raise ValueError(
+                "Got a context, but this model is unconditional (context_dim=0); "
+                "build it with context_dim=... to condition on one."
+            )
+        return
+    if context is None:
+        raise ValueError(
+            f"This model is conditional (context_dim={context_dim}) and needs "
+            f"context= of shape (..., {context_dim}); got None."
+        )
+    check_event(context, context_dim, "context")

@@ -1,0 +1,228 @@
+"""Input orders, hidden-unit degrees and MADE connectivity masks (pure numpy).
+
+Degrees follow the MADE paper (Germain et al. 2015): every input gets a degree
+in ``1..D`` (its position in the autoregressive order), every hidden unit a
+degree ``k`` meaning "this unit may see inputs of degree <= k", and output ``i``
+(the conditional of the input with degree ``d_i``) may only see hidden units of
+degree ``< d_i``. Conditioning inputs have degree 0: they reach every unit.
+
+The masks are ``(fan_in, fan_out)`` boolean arrays matching the kernel layout
+of :class:`jaxmaf.MaskedLinear` (``y = x @ (kernel * mask) + bias``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ORDERS = ("natural", "reversed", "random")
+HIDDEN_DEGREES = ("equal", "random")
+_ORDER_ALIASES = {"left-to-right": "natural", "right-to-left": "reversed", "reverse": "reversed"}
+
+OrderLike = str | Sequence[int] | np.ndarray
+
+
+def input_degrees(dim: int, order: OrderLike = "natural", seed: int | None = 0) -> np.ndarray:
+    """Degrees (autoregressive positions, 1-based) of the ``dim`` inputs.
+
+    Args:
+      dim: number of inputs ``D >= 1``.
+      order: ``"natural"`` (``x_0`` first; alias ``"left-to-right"``),
+        ``"reversed"`` (``x_{D-1}`` first; aliases ``"right-to-left"``,
+        ``"reverse"``), ``"random"`` (a seeded random order), or an explicit
+        order: a permutation of ``0..D-1`` listing the inputs in the order in
+        which they are generated (``[2, 0, 1]``: ``x_2`` first, then ``x_0``).
+      seed: seed of the random order (used only with ``"random"``).
+
+    Returns:
+      int array of shape ``(dim,)``: ``degrees[i]`` is the 1-based position of
+      input ``i`` in the order; output ``i`` of a MADE may depend on input
+      ``j`` only when ``degrees[j] < degrees[i]``.
+
+    Raises:
+      ValueError: ``dim < 1``, an unknown order name, or an explicit order that
+        is not a permutation of ``0..dim-1``.
+
+    Example:
+      >>> input_degrees(3, "reversed")
+      array([3, 2, 1])
+      >>> input_degrees(3, [2, 0, 1])
+      array([2, 3, 1])
+    """
+    _check_dim(dim)
+    if isinstance(order, str):
+        name = _ORDER_ALIASES.get(order, order)
+        if name == "natural":
+            sequence = np.arange(dim)
+        elif name == "reversed":
+            sequence = np.arange(dim)[::-1]
+        elif name == "random":
+            sequence = np.random.default_rng(seed).permutation(dim)
+        else:
+            raise ValueError(
+                f"Unknown order {order!r}: expected one of {ORDERS + tuple(_ORDER_ALIASES)} "
+                "or a permutation of 0..dim-1."
+            )
+    else:
+        sequence = check_permutation(order, dim, what="order")
+    degrees = np.empty(dim, dtype=np.int64)
+    degrees[sequence] = np.arange(1, dim + 1)
+    return degrees
+
+
+def check_permutation(perm: Sequence[int] | np.ndarray, dim: int, what: str = "permutation"):
+    """Validates that ``perm`` is a permutation of ``0..dim-1`` and returns it as int array.
+
+    Args:
+      perm: candidate permutation, shape ``(dim,)``.
+      dim: expected length.
+      what: name used in the error message.
+
+    Returns:
+      int64 numpy array of shape ``(dim,)``.
+
+    Raises:
+      ValueError: wrong length, non-integer entries, or repeated/missing indices.
+
+    Example:
+      >>> check_permutation([1, 0], 2)
+      array([1, 0])
+    """
+    arr = np.asarray(perm)
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise ValueError(f"Expected {what} of shape ({dim},), got shape {arr.shape}.")
+    if dim and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"Expected integer entries in {what}, got dtype {arr.dtype}.")
+    if not np.array_equal(np.sort(arr), np.arange(dim)):
+        raise ValueError(f"Expected {what} to be a permutation of 0..{dim - 1}, got {arr.tolist()}.")
+    return arr.astype(np.int64)
+
+
+def hidden_degrees(
+    in_degrees: np.ndarray,
+    width: int,
+    dim: int,
+    rule: str = "equal",
+    conditional: bool = False,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Degrees of one hidden layer.
+
+    A unit of degree ``k`` may see inputs of degree ``<= k``; degrees lie in
+    ``[lo, D-1]`` where ``lo = 0`` for a conditional MADE (so that some units
+    see only the context and feed the first output non-linearly) and ``lo =
+    min(1, D-1)`` otherwise (degree-0 units of an unconditional MADE would see
+    nothing but a bias).
+
+    Args:
+      in_degrees: degrees of the previous layer, shape ``(fan_in,)``.
+      width: number of units of this layer (``>= 1``; may be smaller than D).
+      dim: number of autoregressive inputs D.
+      rule: ``"equal"``: degrees cycle through ``lo..D-1`` (as TFP's
+        ``hidden_degrees='equal'``); ``"random"``: drawn uniformly from
+        ``[max(lo, min(in_degrees)), D-1]`` as in the MADE paper.
+      conditional: whether the MADE has context inputs.
+      seed: seed for ``"random"``.
+
+    Returns:
+      int array of shape ``(width,)``.
+
+    Raises:
+      ValueError: unknown rule or ``width < 1``.
+
+    Example:
+      >>> hidden_degrees(np.array([1, 2, 3]), 5, 3)
+      array([1, 2, 1, 2, 1])
+    """
+    if width < 1:
+        raise ValueError(f"Expected a hidden width >= 1, got {width}.")
+    lo = 0 if conditional else min(1, dim - 1)
+    hi = dim - 1
+    if rule == "equal":
+        return lo + np.arange(width) % (hi - lo + 1)
+    if rule == "random":
+        start = max(lo, min(int(np.min(in_degrees)), hi)) if len(in_degrees) else lo
+        return np.random.default_rng(seed).integers(start, hi + 1, size=width)
+    raise ValueError(f"Unknown hidden_degrees {rule!r}: expected one of {HIDDEN_DEGREES}.")
+
+
+def made_masks(
+    in_degrees: np.ndarray,
+    hidden_widths: Sequence[int],
+    params_per_dim: int = 1,
+    rule: str = "equal",
+    conditional: bool = False,
+    seed: int | None = 0,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Masks of every layer of a MADE.
+
+    Args:
+      in_degrees: input degrees, shape ``(D,)`` (see :func:`input_degrees`).
+      hidden_widths: widths of the hidden layers (may be empty: a single masked
+        linear layer from inputs to outputs).
+      params_per_dim: number of outputs per input dimension P; the output units
+        are laid out as ``(D, P)`` flattened (unit ``i * P + p``).
+      rule: hidden-degree rule (see :func:`hidden_degrees`).
+      conditional: whether context inputs exist (allows degree-0 hidden units).
+      seed: seed for random hidden degrees.
+
+    Returns:
+      ``(masks, hidden_degree_list)``: ``masks`` is a list of boolean arrays of
+      shapes ``(D, h_1), (h_1, h_2), ..., (h_L, D * P)``; the second element is
+      the list of hidden degree arrays (for inspection).
+
+    Raises:
+      ValueError: as :func:`hidden_degrees`.
+
+    Example:
+      >>> masks, _ = made_masks(input_degrees(2), [4], params_per_dim=2)
+      >>> [m.shape for m in masks]
+      [(2, 4), (4, 4)]
+    """
+    in_degrees = np.asarray(in_degrees)
+    dim = in_degrees.shape[0]
+    rng = np.random.default_rng(seed)
+    masks, degrees_list = [], []
+    prev = in_degrees
+    # Context inputs (degree 0) feed the first layer too, so its random degrees may start at 0.
+    reach = np.append(in_degrees, 0) if conditional else in_degrees
+    for width in hidden_widths:
+        deg = hidden_degrees(reach, width, dim, rule, conditional, seed=rng.integers(2**31))
+        masks.append(prev[:, None] <= deg[None, :])
+        degrees_list.append(deg)
+        prev = reach = deg
+    out_degrees = np.repeat(in_degrees, params_per_dim)
+    masks.append(prev[:, None] < out_degrees[None, :])
+    return masks, degrees_list
+
+
+def connectivity(masks: Sequence[np.ndarray], params_per_dim: int = 1) -> np.ndarray:
+    """Which inputs can reach which outputs through a stack of masks.
+
+    Args:
+      masks: masks as returned by :func:`made_masks`.
+      params_per_dim: outputs per input dimension.
+
+    Returns:
+      boolean array ``(D_out, D_in)``: entry ``(i, j)`` is True when output
+      dimension ``i`` (any of its P parameters) has a path from input ``j``.
+
+    Example:
+      >>> masks, _ = made_masks(input_degrees(3), [8])
+      >>> connectivity(masks).astype(int)
+      array([[0, 0, 0],
+             [1, 0, 0],
+             [1, 1, 0]])
+    """
+    path = masks[0].astype(np.int64)
+    for m in masks[1:]:
+        path = np.minimum(path @ m.astype(np.int64), 1)
+    d_in = path.shape[0]
+    per_out = path.reshape(d_in, -1, params_per_dim).max(axis=-1)
+    return per_out.T.astype(bool)
+
+
+def _check_dim(dim: int) -> None:
+    if not isinstance(dim, int | np.integer) or dim < 1:
+        raise ValueError(f"Expected dim to be an integer >= 1, got {dim!r}.")

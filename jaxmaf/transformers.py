@@ -1,0 +1,152 @@
+"""Transformers: elementwise bijections parameterised by a conditioner's output.
+
+A transformer maps a conditioner output ``params`` of shape ``(..., D, P)``
+and an input of shape ``(..., D)`` to an output of shape ``(..., D)`` and the
+elementwise log-derivatives ``(..., D)``. It holds no parameters of its own (it
+is a frozen, hashable configuration), so it can live in a module's static
+structure and inside jitted code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+SCALE_PARAMETERISATIONS = ("softplus", "exp_softclamp")
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+    """The MAF paper's affine transformer, parameterised in the density direction.
+
+    The MAF paper writes ``x = u * exp(alpha) + mu``. Here the conditioner
+    outputs ``params[..., 0] = b`` and ``params[..., 1] = a`` and the layer is
+
+        u = x * s + b,     s = g(a) > 0,     x = (u - b) / s,
+
+    i.e. ``exp(alpha) = 1 / s`` and ``mu = -b / s``: the same family of maps,
+    with the shift applied after scaling in the density direction (as flowjax
+    does). ``a = b = 0`` is the identity, so a conditioner whose output layer
+    starts at zero gives a flow that starts at the identity.
+
+    Why this form: on the seed's circles data (MAF 4 layers, MADE 2x128, Adam
+    1e-3, batch 128, 150 epochs) it reached a test NLL of 1.22 nats, against
+    1.60 for ``u = (x - mu) * s`` and 1.75 for ``x = u * softplus(a) + mu``
+    with the same initialisation (see the project notes).
+
+    Positive-scale maps ``g`` (``scale=``):
+
+    - ``"softplus"`` (default): ``s = softplus(a + c) + min_scale`` with ``c``
+      chosen so that ``g(0) = 1``. ``s`` grows linearly in ``a`` (no
+      overflow), never falls below ``min_scale`` (so the sampling direction
+      multiplies by at most ``1 / min_scale``), and its gradient does not
+      vanish for large ``a`` as a hard clamp's would.
+    - ``"exp_softclamp"``: ``log s = bound * tanh(a / bound)``: the paper's
+      ``exp(-alpha)`` with ``alpha`` softly clamped to ``(-bound, bound)``.
+
+    Args:
+      scale: ``"softplus"`` or ``"exp_softclamp"``.
+      min_scale: lower bound of ``s`` (softplus only), in ``(0, 1)``.
+      bound: bound of ``|log s|`` (exp_softclamp only), > 0.
+
+    Raises:
+      ValueError: unknown ``scale`` name, or a bound out of range.
+
+    Example:
+      >>> t = Affine()
+      >>> u, log_d = t.inverse_and_log_det(jnp.ones(2), jnp.zeros((2, 2)))
+      >>> u.tolist(), log_d.tolist()
+      ([1.0, 1.0], [0.0, 0.0])
+    """
+
+    scale: str = "softplus"
+    min_scale: float = 1e-3
+    bound: float = 5.0
+
+    num_params = 2
+
+    def __post_init__(self):
+        if self.scale not in SCALE_PARAMETERISATIONS:
+            raise ValueError(
+                f"Unknown scale parameterisation {self.scale!r}: expected one of "
+                f"{SCALE_PARAMETERISATIONS}."
+            )
+        if not 0 < self.min_scale < 1:
+            raise ValueError(f"Expected 0 < min_scale < 1, got {self.min_scale}.")
+        if not self.bound > 0:
+            raise ValueError(f"Expected bound > 0, got {self.bound}.")
+
+    def density_scale(self, params: Array) -> tuple[Array, Array, Array]:
+        """Splits ``params (..., D, 2)`` into ``(b, s, log s)``, each ``(..., D)``."""
+        b, raw = params[..., 0], params[..., 1]
+        if self.scale == "softplus":
+            offset = _inverse_softplus(1.0 - self.min_scale)
+            s = jax.nn.softplus(raw + offset) + self.min_scale
+            return b, s, jnp.log(s)
+        log_s = self.bound * jnp.tanh(raw / self.bound)
+        return b, jnp.exp(log_s), log_s
+
+    def forward(self, u: Array, params: Array) -> Array:
+        """Sampling direction ``x = (u - b) / s``; shapes ``(..., D)``."""
+        b, s, _ = self.density_scale(params)
+        return (u - b) / s
+
+    def inverse(self, x: Array, params: Array) -> Array:
+        """Density direction ``u = x * s + b``; shapes ``(..., D)``."""
+        b, s, _ = self.density_scale(params)
+        return x * s + b
+
+    def forward_and_log_det(self, u: Array, params: Array) -> tuple[Array, Array]:
+        """Sampling direction and elementwise ``log|dx/du| = -log s`` (``(..., D)`` each)."""
+        b, s, log_s = self.density_scale(params)
+        return (u - b) / s, -log_s
+
+    def inverse_and_log_det(self, x: Array, params: Array) -> tuple[Array, Array]:
+        """Density direction and elementwise ``log|du/dx| = log s`` (``(..., D)`` each)."""
+        b, s, log_s = self.density_scale(params)
+        return x * s + b, log_s
+
+    def as_bijector(self, params: Array) -> distrax.Bijector:
+        """The elementwise sampling-direction map as a distrax bijector (event_ndims_in=0)."""
+        b, s, _ = self.density_scale(params)
+        return distrax.ScalarAffine(shift=-b / s, scale=1.0 / s)
+
+
+TRANSFORMERS = {"affine": Affine}
+
+
+def get_transformer(transformer: str | Affine) -> Affine:
+    """Resolves a transformer given by name (``"affine"``) or as an instance.
+
+    Args:
+      transformer: a name from :data:`TRANSFORMERS` or a transformer instance.
+
+    Returns:
+      the transformer instance.
+
+    Raises:
+      ValueError: unknown name.
+
+    Example:
+      >>> get_transformer("affine")
+      Affine(scale='softplus', min_scale=0.001, bound=5.0)
+    """
+    if isinstance(transformer, str):
+        if transformer not in TRANSFORMERS:
+            raise ValueError(
+                f"Unknown transformer {transformer!r}: expected one of {sorted(TRANSFORMERS)}."
+            )
+        return TRANSFORMERS[transformer]()
+    if not all(hasattr(transformer, a) for a in ("num_params", "forward_and_log_det")):
+        raise ValueError(f"Expected a transformer name or instance, got {transformer!r}.")
+    return transformer

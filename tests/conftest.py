@@ -1,0 +1,75 @@
+"""Shared fixtures: a registry of flow constructors driving the property tests."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import jaxmaf
+
+CONTEXT_DIM = 3
+
+# name -> (constructor(dim, num_layers, rngs), context_dim)
+FLOWS = {
+    "maf": (functools.partial(jaxmaf.MAF, hidden_dims=(16, 16)), 0),
+    "iaf": (functools.partial(jaxmaf.IAF, hidden_dims=(16, 16)), 0),
+    "maf_cond": (
+        functools.partial(jaxmaf.MAF, hidden_dims=(16, 16), context_dim=CONTEXT_DIM), CONTEXT_DIM
+    ),
+    "iaf_cond": (
+        functools.partial(jaxmaf.IAF, hidden_dims=(16, 16), context_dim=CONTEXT_DIM), CONTEXT_DIM
+    ),
+    "maf_random_tanh": (
+        functools.partial(
+            jaxmaf.MAF, hidden_dims=(7,), permutation="random", hidden_degrees="random",
+            activation="tanh",
+        ),
+        0,
+    ),
+    "maf_exp_softclamp": (
+        functools.partial(
+            jaxmaf.MAF, hidden_dims=(16,), transformer=jaxmaf.Affine(scale="exp_softclamp")
+        ),
+        0,
+    ),
+}
+DIMS = (1, 2, 5, 11)
+
+
+def perturb(module: nnx.Module, seed: int = 0, scale: float = 0.3) -> nnx.Module:
+    """Moves every parameter away from its initial value (the identity flow) in place."""
+    params = nnx.state(module, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noisy = [
+        p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)
+    ]
+    nnx.update(module, jax.tree.unflatten(treedef, noisy))
+    return module
+
+
+def make_flow(name: str, dim: int, num_layers: int = 3, seed: int = 0) -> nnx.Module:
+    ctor, _ = FLOWS[name]
+    return perturb(ctor(dim, num_layers, rngs=nnx.Rngs(seed)), seed=seed + 100)
+
+
+def make_inputs(name: str, dim: int, n: int = 4, seed: int = 1):
+    """Points (n, dim) and a matching context (n, context_dim) or None."""
+    _, context_dim = FLOWS[name]
+    kx, kc = jax.random.split(jax.random.key(seed))
+    dtype = jaxmaf.made.default_dtype()
+    x = jax.random.normal(kx, (n, dim), dtype)
+    c = jax.random.normal(kc, (n, context_dim), dtype) if context_dim else None
+    return x, c
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with float64 enabled (parameters built inside are float64)."""
+    with jax.enable_x64(True):
+        yield
+    assert jnp.zeros(()).dtype == jnp.float32

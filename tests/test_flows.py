@@ -1,0 +1,268 @@
+"""Property tests over every flow in the registry (conftest.FLOWS) and several dimensions."""
+
+from __future__ import annotations
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CONTEXT_DIM, DIMS, FLOWS, make_flow, make_inputs, perturb
+from flax import nnx
+
+import jaxmaf
+
+ALL = [(name, dim) for name in FLOWS for dim in DIMS]
+
+
+def _dense(flow, x, context, direction="inverse"):
+    """Per point: the map on single events, its value and its dense log|det J| (jitted, vmapped)."""
+
+    def one(v, c):
+        bij = flow.bijector(c)
+        fn = bij.inverse if direction == "inverse" else bij.forward
+        return fn(v), jaxmaf.dense_log_det(fn, v)
+
+    return jax.jit(jax.vmap(one))(x, context)
+
+
+def _dense_log_prob(flow, x, context):
+    """Base log-density of the inverse plus log|det| of its dense Jacobian."""
+    u, log_det = _dense(flow, x, context)
+    return jax.scipy.stats.norm.logpdf(u).sum(-1) + log_det
+
+
+@pytest.mark.parametrize("name,dim", ALL)
+def test_log_prob_matches_dense_change_of_variables_float64(name, dim, x64):
+    flow = make_flow(name, dim)
+    x, c = make_inputs(name, dim)
+    assert x.dtype == jnp.float64
+    lp = flow.log_prob(x, context=c)
+    assert lp.dtype == jnp.float64 and lp.shape == (4,)
+    np.testing.assert_allclose(lp, _dense_log_prob(flow, x, c), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_log_prob_matches_dense_float32(name):
+    flow = make_flow(name, 5)
+    x, c = make_inputs(name, 5)
+    lp = flow.log_prob(x, context=c)
+    assert lp.dtype == jnp.float32
+    np.testing.assert_allclose(lp, _dense_log_prob(flow, x, c), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,dim", ALL)
+def test_round_trip_and_forward_log_det(name, dim, x64):
+    flow = make_flow(name, dim)
+    x, c = make_inputs(name, dim)
+    bij = flow.bijector(c)
+    u, ildj = bij.inverse_and_log_det(x)
+    np.testing.assert_allclose(bij.forward(u), x, rtol=1e-10, atol=1e-10)
+    y, fldj = bij.forward_and_log_det(u)
+    np.testing.assert_allclose(y, x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fldj, -ildj, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(bij.inverse(x), u, rtol=1e-12, atol=1e-12)
+    # forward log-det against the dense Jacobian of the sampling direction.
+    _, dense_fldj = _dense(flow, u, c, direction="forward")
+    np.testing.assert_allclose(fldj, dense_fldj, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,dim", ALL)
+def test_single_layer_jacobian_is_lower_triangular(name, dim):
+    x, c = make_inputs(name, dim, n=64)
+    c0 = None if c is None else c[0]
+    upper = np.triu(np.ones((dim, dim), bool), k=1)
+    lower = np.tril(np.ones((dim, dim), bool), k=-1)
+    # The registry's own activation (ReLU may switch single paths off at some points) and tanh,
+    # with which every path that the masks allow carries a nonzero derivative.
+    ctor, _ = FLOWS[name]
+    tanh_flow = perturb(ctor(dim, 1, activation="tanh", rngs=nnx.Rngs(0)), seed=5)
+    for flow in (make_flow(name, dim, num_layers=1), tanh_flow):
+        jac = jax.jit(lambda x, f=flow: jaxmaf.dense_jacobian(f.bijector(c0).forward, x))(x)
+        jac = np.asarray(jac)
+        assert np.all(jac[:, upper] == 0.0), "a single layer must not look ahead"
+        assert np.all(np.abs(np.diagonal(jac, axis1=1, axis2=2)) > 0)
+    if "random" not in name:  # equal degrees: every earlier input reaches every later output
+        assert np.all(np.abs(jac).max(0)[lower] > 0)
+
+
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_gradients_reach_every_parameter(name):
+    dim = 5
+    flow = make_flow(name, dim)
+    x, c = make_inputs(name, dim, n=16)
+    graphdef, params = nnx.split(flow, nnx.Param)
+
+    def loss(p):
+        return -nnx.merge(graphdef, p).log_prob(x, context=c).mean()
+
+    grads = jax.grad(loss)(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.all(np.isfinite(g)), path
+        assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
+    # Masked-out kernel entries receive exactly zero gradient.
+    for layer, glayer in zip(flow.layers, grads["layers"].values(), strict=True):
+        for lin, glin in zip([*layer.hidden, layer.output],
+                             [*glayer["hidden"].values(), glayer["output"]], strict=True):
+            assert np.all(np.asarray(glin["kernel"])[~lin.mask.array] == 0.0)
+
+
+@pytest.mark.parametrize("name,dim", [(n, d) for n in FLOWS for d in (1, 5)])
+def test_distrax_transformed_agrees(name, dim, x64):
+    flow = make_flow(name, dim)
+    x, c = make_inputs(name, dim)
+    c0 = None if c is None else c[0]
+    dist = distrax.Transformed(flow.base_distribution(), flow.bijector(c0))
+    tol = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dist.log_prob(x), flow.log_prob(x, c0), **tol)
+    np.testing.assert_allclose(flow.distribution(c0).log_prob(x), flow.log_prob(x, c0), **tol)
+    key = jax.random.key(3)
+    np.testing.assert_allclose(dist.sample(seed=key, sample_shape=7), flow.sample(key, (7,), c0),
+                               **tol)
+    xs, lps = dist.sample_and_log_prob(seed=key, sample_shape=7)
+    np.testing.assert_allclose(lps, flow.log_prob(xs, c0), rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_sample_and_log_prob_consistent(name, x64):
+    flow = make_flow(name, 4)
+    _, c = make_inputs(name, 4, n=6)
+    xs, lp = flow.sample_and_log_prob(jax.random.key(0), (2,), context=c)
+    assert xs.shape == (2, 6, 4) if c is not None else (2, 4)
+    np.testing.assert_allclose(lp, flow.log_prob(xs, context=c), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf_cond"])
+def test_leading_batch_dimensions_broadcast(name):
+    flow = make_flow(name, 3)
+    x, c = make_inputs(name, 3, n=6)
+    lp = flow.log_prob(x, c)
+    x3 = x.reshape(2, 3, 3)
+    c3 = None if c is None else c.reshape(2, 3, -1)
+    np.testing.assert_allclose(flow.log_prob(x3, c3), lp.reshape(2, 3), rtol=1e-6)
+    if c is not None:  # one context broadcast against a batch of points
+        lp_one = flow.log_prob(x, c[0])
+        np.testing.assert_allclose(lp_one[2], flow.log_prob(x[2], c[0]), rtol=1e-6)
+        assert flow.sample(jax.random.key(0), (5,), c).shape == (5, 6, 3)
+
+
+@pytest.mark.parametrize("name", ["maf_cond", "iaf_cond"])
+@pytest.mark.parametrize("dim", [1, 3])
+def test_first_dimension_depends_on_context(name, dim):
+    flow = make_flow(name, dim, num_layers=1)
+    x, c = make_inputs(name, dim, n=1)
+
+    def first_log_density(ctx):  # log p(x_0 | ctx): the dimension a naive MADE leaves bias-only
+        u, _ = flow.bijector(ctx).inverse_and_log_det(x[0])
+        return u[0]
+
+    g = jax.grad(first_log_density)(c[0])
+    assert g.shape == (CONTEXT_DIM,)
+    assert np.all(np.abs(g) > 0)
+
+
+def test_trained_parameters_change_density():
+    flow = make_flow("maf", 2)
+    x, _ = make_inputs("maf", 2)
+    before = flow.log_prob(x)
+    flow.layers[0].output.bias[...] = flow.layers[0].output.bias[...] + 1.0
+    assert not np.allclose(before, flow.log_prob(x))
+
+
+def test_zero_output_init_is_identity():
+    flow = jaxmaf.MAF(3, 2, (8,), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    u, ld = flow.bijector().inverse_and_log_det(x)
+    np.testing.assert_allclose(u, x[..., ::-1], atol=1e-6)  # one reverse permutation
+    np.testing.assert_allclose(ld, 0.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- dtype and errors
+@pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
+def test_float64_end_to_end(cls, x64):
+    flow = cls(3, 2, (8,), rngs=nnx.Rngs(0))
+    assert all(p.dtype == jnp.float64 for p in jax.tree.leaves(nnx.state(flow, nnx.Param)))
+    xs = flow.sample(jax.random.key(0), (4,))
+    assert xs.dtype == jnp.float64
+    assert flow.log_prob(xs).dtype == jnp.float64
+
+
+def test_float32_by_default():
+    flow = jaxmaf.MAF(3, 2, (8,), rngs=nnx.Rngs(0))
+    xs = flow.sample(jax.random.key(0), (4,))
+    assert xs.dtype == jnp.float32 and flow.log_prob(xs).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
+def test_bad_input_errors(cls):
+    flow = cls(3, 2, (8,), rngs=nnx.Rngs(0))
+    cond = cls(3, 2, (8,), context_dim=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\), got shape \(4, 2\)"):
+        flow.log_prob(jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"needs context= of shape \(\.\.\., 2\); got None"):
+        cond.log_prob(jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"needs context="):
+        cond.sample(jax.random.key(0), (2,))
+    with pytest.raises(ValueError, match="unconditional"):
+        flow.log_prob(jnp.zeros((4, 3)), context=jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"context of shape \(\.\.\., 2\), got shape \(4, 5\)"):
+        cond.log_prob(jnp.zeros((4, 3)), context=jnp.zeros((4, 5)))
+    with pytest.raises(ValueError, match="inside jit too"):
+        try:
+            jax.jit(flow.log_prob)(jnp.zeros((4, 2)))
+        except ValueError as e:
+            raise ValueError(f"{e} inside jit too") from e
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dim=0), "dim to be an integer >= 1, got 0"),
+        (dict(num_layers=0), "num_layers to be an integer >= 1, got 0"),
+        (dict(hidden_dims=(8, 0)), r"every hidden_dims entry >= 1, got \(8, 0\)"),
+        (dict(hidden_dims=8), "hidden_dims as a sequence"),
+        (dict(activation="relux"), "Unknown activation 'relux'"),
+        (dict(permutation="shuffle"), "Unknown permutation 'shuffle'"),
+        (dict(permutation=[[0, 1, 2]]), "Expected num_layers - 1 = 2 permutations, got 1"),
+        (dict(permutation=[[0, 1, 1], [0, 1, 2]]), "permutation of 0..2"),
+        (dict(hidden_degrees="uniform"), "Unknown hidden_degrees 'uniform'"),
+        (dict(transformer="spline3"), "Unknown transformer 'spline3'"),
+    ],
+)
+def test_bad_configuration_errors(kwargs, match):
+    args = dict(dim=3, num_layers=3, hidden_dims=(8,))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        jaxmaf.MAF(**args, rngs=nnx.Rngs(0))
+
+
+def _count_eqns(jaxpr) -> int:
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += 1
+        for sub in _subjaxprs(eqn.params):
+            n += _count_eqns(sub)
+    return n
+
+
+def _subjaxprs(params):
+    for v in params.values():
+        vals = v if isinstance(v, list | tuple) else [v]
+        for item in vals:
+            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+            elif hasattr(item, "eqns"):
+                yield item
+
+
+@pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
+def test_sequential_program_size_does_not_grow_with_dim(cls):
+    """The program compiled for sampling (MAF) / density (IAF) is the same size at D=4 and 96."""
+    sizes = []
+    for dim in (4, 96):
+        flow = cls(dim, 2, (32,), rngs=nnx.Rngs(0))
+        x = jnp.zeros((8, dim))
+        fn = (lambda k, f=flow: f.sample(k, (8,))) if cls is jaxmaf.MAF else \
+             (lambda k, f=flow, x=x: f.log_prob(x))
+        sizes.append(_count_eqns(jax.make_jaxpr(fn)(jax.random.key(0)).jaxpr))
+    assert sizes[0] == sizes[1], sizes
