@@ -95,7 +95,9 @@ def check_permutation(perm: Sequence[int] | np.ndarray, dim: int, what: str = "p
     if dim and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"Expected integer entries in {what}, got dtype {arr.dtype}.")
     if not np.array_equal(np.sort(arr), np.arange(dim)):
-        raise ValueError(f"Expected {what} to be a permutation of 0..{dim - 1}, got {arr.tolist()}.")
+        raise ValueError(
+            f"Expected {what} to be a permutation of 0..{dim - 1}, got {arr.tolist()}."
+        )
     return arr.astype(np.int64)
 
 

@@ -80,7 +80,8 @@ def check_data(data: Any, dim: int, name: str = "data") -> np.ndarray:
     if bad.size:
         rows = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
         raise ValueError(
-            f"{name} contains NaN or inf in {bad.size} row(s) (rows {rows}); expected finite values."
+            f"{name} contains NaN or inf in {bad.size} row(s) (rows {rows}); "
+            "expected finite values."
         )
     return arr
 

@@ -46,7 +46,8 @@ def perturb(module: nnx.Module, seed: int = 0, scale: float = 0.3) -> nnx.Module
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     noisy = [
-        p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)
+        p + scale * jax.random.normal(k, p.shape, p.dtype)
+        for p, k in zip(leaves, keys, strict=True)
     ]
     nnx.update(module, jax.tree.unflatten(treedef, noisy))
     return module

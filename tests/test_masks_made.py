@@ -1,0 +1,140 @@
+"""Masks (pure numpy) and the MADE module: the autoregressive property, exactly."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxmaf
+from jaxmaf import masks
+
+
+@pytest.mark.parametrize(
+    "order,expected",
+    [("natural", [1, 2, 3, 4]), ("reversed", [4, 3, 2, 1]), ("left-to-right", [1, 2, 3, 4]),
+     ([2, 0, 3, 1], [2, 4, 1, 3])],
+)
+def test_input_degrees(order, expected):
+    np.testing.assert_array_equal(masks.input_degrees(4, order), expected)
+
+
+def test_random_order_is_seeded_permutation():
+    a = masks.input_degrees(20, "random", seed=3)
+    np.testing.assert_array_equal(a, masks.input_degrees(20, "random", seed=3))
+    assert not np.array_equal(a, masks.input_degrees(20, "random", seed=4))
+    np.testing.assert_array_equal(np.sort(a), np.arange(1, 21))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5, 11])
+@pytest.mark.parametrize("widths", [(3,), (16, 16), (4, 40, 2)])
+@pytest.mark.parametrize("rule", ["equal", "random"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_mask_connectivity_is_strictly_autoregressive(dim, widths, rule, conditional):
+    deg = masks.input_degrees(dim, "random", seed=dim)
+    layer_masks, _ = masks.made_masks(deg, widths, 2, rule, conditional, seed=1)
+    conn = masks.connectivity(layer_masks, 2)
+    allowed = deg[None, :] < deg[:, None]  # output i may see input j iff deg_j < deg_i
+    assert not np.any(conn & ~allowed)
+    if rule == "equal" and min(widths) >= dim - 1:  # wide enough: every allowed path exists
+        np.testing.assert_array_equal(conn, allowed)
+
+
+def test_equal_hidden_degrees_match_tfp_rule():
+    np.testing.assert_array_equal(
+        masks.hidden_degrees(np.arange(1, 5), 7, 4), [1, 2, 3, 1, 2, 3, 1]
+    )
+    np.testing.assert_array_equal(
+        masks.hidden_degrees(np.arange(1, 5), 6, 4, conditional=True), [0, 1, 2, 3, 0, 1]
+    )
+    np.testing.assert_array_equal(masks.hidden_degrees(np.array([1]), 3, 1), [0, 0, 0])
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: masks.input_degrees(0), "dim to be an integer >= 1, got 0"),
+        (lambda: masks.input_degrees(3, "sideways"), "Unknown order 'sideways'"),
+        (lambda: masks.input_degrees(3, [0, 1]), r"shape \(3,\), got shape \(2,\)"),
+        (lambda: masks.input_degrees(3, [0, 1, 1]), "permutation of 0..2"),
+        (lambda: masks.hidden_degrees(np.arange(1, 3), 0, 2), "hidden width >= 1, got 0"),
+        (lambda: masks.hidden_degrees(np.arange(1, 3), 4, 2, "cyclic"), "Unknown hidden_degrees"),
+    ],
+)
+def test_mask_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def _perturbed_made(dim, hidden, context_dim=0, **kw):
+    made = jaxmaf.MADE(dim, hidden, 3, context_dim=context_dim, output_init_scale=1.0,
+                       rngs=nnx.Rngs(0), **kw)
+    params = nnx.state(made, nnx.Param)
+    nnx.update(made, jax.tree.map(lambda p: p + 0.1, params))
+    return made
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5, 11])
+@pytest.mark.parametrize("order", ["natural", "reversed", "random", "explicit"])
+@pytest.mark.parametrize("hidden", [(16, 16), (4,), ()])
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_made_output_ignores_inputs_not_before_it(dim, order, hidden, context_dim):
+    if order == "explicit":
+        order = list(np.random.default_rng(dim).permutation(dim))
+    made = _perturbed_made(dim, hidden, context_dim, order=order, activation="tanh")
+    x = jax.random.normal(jax.random.key(0), (8, dim))
+    c = jax.random.normal(jax.random.key(1), (context_dim,)) if context_dim else None
+    jac = jax.vmap(jax.jacfwd(lambda v: made(v, c)))(x)  # (8, dim, P, dim)
+    assert jac.shape == (8, dim, 3, dim)
+    deg = made.degrees.array
+    forbidden = deg[None, :] >= deg[:, None]  # [i, j]: output i, input j
+    assert np.all(np.asarray(jac)[:, forbidden[:, None, :].repeat(3, 1)] == 0.0)
+    nonzero = np.abs(np.asarray(jac)).max(axis=(0, 2)) > 0
+    if hidden and min(hidden) >= dim - 1 + (context_dim > 0):  # every degree present
+        np.testing.assert_array_equal(nonzero, ~forbidden)
+
+
+@pytest.mark.parametrize("dim,hidden", [(1, (8,)), (4, (8, 8)), (4, ()), (6, (3,))])
+def test_made_context_reaches_every_output(dim, hidden):
+    made = _perturbed_made(dim, hidden, context_dim=2, activation="tanh")
+    x = jnp.ones(dim)
+    jac_c = jax.jacfwd(lambda c: made(x, c))(jnp.array([0.3, -0.2]))  # (dim, P, 2)
+    assert np.all(np.abs(np.asarray(jac_c)).max(axis=-1) > 0)
+
+
+@pytest.mark.parametrize("name", sorted(jaxmaf.ACTIVATIONS))
+def test_activation_by_name(name):
+    made = _perturbed_made(3, (5,), activation=name)
+    x = jnp.array([0.5, -1.0, 2.0])
+    fn = jaxmaf.ACTIVATIONS[name]
+    h = fn(x @ made.hidden[0].masked_kernel() + made.hidden[0].bias[...])
+    expected = (h @ made.output.masked_kernel() + made.output.bias[...]).reshape(3, 3)
+    np.testing.assert_allclose(made(x), expected, rtol=1e-6)
+
+
+def test_made_zero_output_init_and_callable_activation():
+    made = jaxmaf.MADE(3, (8,), 2, activation=jax.nn.soft_sign, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(made(jnp.ones((4, 3))), np.zeros((4, 3, 2)))
+
+
+def test_masks_are_constants_not_state():
+    made = jaxmaf.MADE(3, (8,), 2, rngs=nnx.Rngs(0))
+    state = nnx.state(made)
+    n_params = len(jax.tree.leaves(nnx.state(made, nnx.Param)))
+    assert len(jax.tree.leaves(state)) == n_params == 4  # 2 kernels + 2 biases; no mask leaves
+
+
+def test_made_errors():
+    made = jaxmaf.MADE(3, (8,), 2, context_dim=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"x of shape \(\.\.\., 3\), got shape \(3, 4\)"):
+        made(jnp.ones((3, 4)), jnp.ones((3, 2)))
+    with pytest.raises(ValueError, match="needs context="):
+        made(jnp.ones(3))
+    with pytest.raises(ValueError, match="Unknown activation 'rel'"):
+        jaxmaf.MADE(3, (8,), 2, activation="rel", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="params_per_dim >= 1"):
+        jaxmaf.MADE(3, (8,), 0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="Unknown order"):
+        jaxmaf.MADE(3, (8,), 2, order="zigzag", rngs=nnx.Rngs(0))

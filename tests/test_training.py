@@ -1,0 +1,150 @@
+"""fit: learning, best-epoch parameters, refusal of bad data, divergence, no recompilation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxmaf
+from jaxmaf import training
+
+COV = np.array([[1.0, 0.8], [0.8, 1.0]])
+
+
+def gaussian_data(n, seed):
+    return np.random.default_rng(seed).multivariate_normal([1.0, -2.0], COV, size=n).astype(
+        np.float32
+    )
+
+
+def true_nll():
+    return 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * COV))
+
+
+def small_flow(seed=0, **kw):
+    return jaxmaf.MAF(2, 2, (16, 16), rngs=nnx.Rngs(seed), **kw)
+
+
+def test_fit_learns_a_correlated_gaussian_and_keeps_best_epoch():
+    flow = small_flow()
+    x, xv, xt = gaussian_data(1000, 0), gaussian_data(300, 1), gaussian_data(2000, 2)
+    h = jaxmaf.fit(flow, x, validation_data=xv, optimizer=optax.adam(1e-2), batch_size=100,
+                   num_epochs=40, progress=False)
+    assert len(h.train_loss) == len(h.val_loss) == 40
+    test_nll = -float(flow.log_prob(xt).mean())
+    assert abs(test_nll - true_nll()) < 0.05, (test_nll, true_nll())
+    assert h.best_epoch == int(np.argmin(h.val_loss))
+    np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch],
+                               rtol=1e-5)
+
+
+def test_partial_last_batch_counts_every_point():
+    # With batch_size > N/2 the last batch is partial; the reported epoch loss is the mean over
+    # exactly the N points (a learning rate of 0 leaves the parameters at their initial values).
+    flow = small_flow()
+    x = gaussian_data(150, 3)
+    h = jaxmaf.fit(flow, x, optimizer=optax.sgd(0.0), batch_size=100, num_epochs=1,
+                   progress=False)
+    np.testing.assert_allclose(h.train_loss[0], -float(flow.log_prob(x).mean()), rtol=1e-6)
+
+
+def test_second_fit_does_not_recompile():
+    flow = small_flow()
+    x = gaussian_data(200, 4)
+    opt = optax.adam(1e-3)
+    jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2,
+               progress=False)
+    sizes = training._train_epoch._cache_size(), training._eval_loss._cache_size()
+    jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2,
+               seed=1, progress=False)
+    assert (training._train_epoch._cache_size(), training._eval_loss._cache_size()) == sizes
+
+
+def test_conditional_fit_learns_context_dependence():
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(800, 1)).astype(np.float32)
+    x = (np.concatenate([2 * c, -c], 1) + 0.3 * rng.normal(size=(800, 2))).astype(np.float32)
+    flow = jaxmaf.MAF(2, 2, (16, 16), context_dim=1, rngs=nnx.Rngs(0))
+    jaxmaf.fit(flow, x, context=c, optimizer=optax.adam(1e-2), batch_size=100, num_epochs=60,
+               progress=False)
+    xs = flow.sample(jax.random.key(0), (2000,), context=jnp.array([1.0]))
+    np.testing.assert_allclose(np.asarray(xs).mean(0), [2.0, -1.0], atol=0.1)
+
+
+def _params(flow):
+    return [np.asarray(p) for p in jax.tree.leaves(nnx.state(flow, nnx.Param))]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(data=np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, np.inf]])),
+         r"data contains NaN or inf in 2 row\(s\) \(rows 1, 2\)"),
+        (dict(data=np.zeros((0, 2))), r"non-empty data, got shape \(0, 2\)"),
+        (dict(data=np.zeros((5, 3))), r"data of shape \(N, 2\), got shape \(5, 3\)"),
+        (dict(batch_size=0), "batch_size to be an integer >= 1, got 0"),
+        (dict(num_epochs=0), "num_epochs to be an integer >= 1, got 0"),
+        (dict(validation_data=np.full((2, 2), np.inf)), "validation_data contains NaN or inf"),
+        (dict(context=np.zeros((5, 1))), "unconditional"),
+    ],
+)
+def test_bad_input_is_refused_and_flow_untouched(kwargs, match):
+    flow = small_flow()
+    before = _params(flow)
+    args = dict(data=np.zeros((5, 2), np.float32))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        jaxmaf.fit(flow, **args, progress=False)
+    for a, b in zip(before, _params(flow), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conditional_context_errors():
+    flow = jaxmaf.MAF(2, 2, (8,), context_dim=2, rngs=nnx.Rngs(0))
+    x = np.zeros((5, 2), np.float32)
+    with pytest.raises(ValueError, match=r"context of shape \(N, 2\) is required, got None"):
+        jaxmaf.fit(flow, x, progress=False)
+    with pytest.raises(ValueError, match="context with 5 rows .* got 4"):
+        jaxmaf.fit(flow, x, context=np.zeros((4, 2)), progress=False)
+    with pytest.raises(ValueError, match=r"context contains NaN or inf in 1 row\(s\) \(rows 3\)"):
+        c = np.zeros((5, 2))
+        c[3, 1] = np.nan
+        jaxmaf.fit(flow, x, context=c, progress=False)
+
+
+def nan_after(steps: int, lr: float = 1e-2) -> optax.GradientTransformation:
+    """SGD that starts producing NaN updates after `steps` steps (a divergence on cue)."""
+
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(grads, count, params=None):
+        bad = count >= steps
+        return jax.tree.map(lambda g: jnp.where(bad, jnp.nan, -lr * g), grads), count + 1
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_divergence_stops_and_keeps_best_finite_parameters():
+    flow = small_flow()
+    x = gaussian_data(200, 5)
+    with pytest.warns(RuntimeWarning, match="Training loss became nan at epoch 3"):
+        h = jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=nan_after(3 * 4 + 1),
+                       batch_size=50, num_epochs=10, progress=False)
+    assert h.stop_reason == "non_finite" and len(h.train_loss) == 3
+    assert all(np.all(np.isfinite(p)) for p in _params(flow))
+    np.testing.assert_allclose(-float(flow.log_prob(x[:50]).mean()), h.val_loss[h.best_epoch],
+                               rtol=1e-5)
+
+
+def test_early_stopping():
+    flow = small_flow()
+    x = gaussian_data(200, 6)
+    # lr 0: validation never improves after epoch 0, so training stops after 1 + patience epochs.
+    h = jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=optax.sgd(0.0), batch_size=50,
+                   num_epochs=50, patience=3, progress=False)
+    assert h.stop_reason == "early_stopping" and len(h.val_loss) == 4 and h.best_epoch == 0
