@@ -1,0 +1,96 @@
+"""Figures: density contours, samples, loss curves and layer-by-layer pushforwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import distrax
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxmaf.training import History  # noqa: E402
+
+
+def density_on_grid(log_prob: Callable[[jax.Array], jax.Array], lim: float = 2.5,
+                    n: int = 160) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluates ``exp(log_prob)`` on an ``n x n`` grid over ``[-lim, lim]^2``.
+
+    Args:
+      log_prob: a function ``(M, 2) -> (M,)``.
+      lim: half-width of the square.
+      n: grid points per axis.
+
+    Returns:
+      ``(X, Y, density)``, each ``(n, n)``.
+    """
+    g = np.linspace(-lim, lim, n)
+    xx, yy = np.meshgrid(g, g)
+    pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], -1), jnp.float32)
+    dens = np.exp(np.asarray(jax.jit(log_prob)(pts))).reshape(n, n)
+    return xx, yy, dens
+
+
+def plot_density(ax, log_prob: Callable[[jax.Array], jax.Array], title: str, lim: float = 2.5,
+                 data: np.ndarray | None = None) -> None:
+    """Filled contours of a 2-D density on ``ax``, optionally with data points on top."""
+    xx, yy, dens = density_on_grid(log_prob, lim)
+    ax.contourf(xx, yy, dens, levels=30, cmap="viridis")
+    if data is not None:
+        ax.scatter(data[:, 0], data[:, 1], s=1, c="white", alpha=0.3)
+    ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+
+
+def plot_samples(ax, samples: np.ndarray, title: str, lim: float = 2.5,
+                 color: str = "tab:blue") -> None:
+    """Scatter of 2-D samples on ``ax``."""
+    samples = np.asarray(samples)
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c=color)
+    ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+
+
+def plot_losses(ax, history: History, title: str) -> None:
+    """Training and validation NLL per epoch, the best epoch marked."""
+    ax.plot(history.train_loss, label="train")
+    if history.val_loss:
+        ax.plot(history.val_loss, label="validation")
+    if history.best_epoch >= 0:
+        ax.axvline(history.best_epoch, color="grey", ls="--", lw=0.8, label="best epoch")
+    ax.set(title=title, xlabel="epoch", ylabel="NLL (nats)")
+    ax.legend()
+
+
+def pushforward_stages(bijector: distrax.Bijector, u: jax.Array) -> list[tuple[str, np.ndarray]]:
+    """Base samples pushed through a chain, one stage per bijector.
+
+    Args:
+      bijector: a :class:`distrax.Chain` (or a single bijector), base -> data.
+      u: base samples ``(n, D)``.
+
+    Returns:
+      ``[(name, points)]`` starting with the base samples.
+    """
+    parts = bijector.bijectors[::-1] if isinstance(bijector, distrax.Chain) else [bijector]
+    stages = [("base", np.asarray(u))]
+    x = u
+    for i, b in enumerate(parts):
+        x = b.forward(x)
+        stages.append((f"{i + 1}: {b.name}", np.asarray(x)))
+    return stages
+
+
+def save(fig, path: str) -> None:
+    """Saves and closes a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def subplots(nrows: int, ncols: int, size: float = 3.2):
+    """``plt.subplots`` with square panels of ``size`` inches; always a 2-D array of axes."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    return fig, axes
