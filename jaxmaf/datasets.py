@@ -1,4 +1,4 @@
-"""Data sets for the examples and benchmarks: generated or bundled with scikit-learn (no download)."""
+"""Data sets for examples and benchmarks: generated or bundled with scikit-learn (no download)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,188 @@
+"""O(D) triangular log-det against the O(D^3) dense determinant, on whatever backend JAX has.
+
+Measures, for D over a log-spaced range:
+  1. linear algebra alone: ``sum(log|diag L|)`` of a triangular D x D matrix
+     (``triangular``) against ``jnp.linalg.slogdet`` of a dense one
+     (``dense_slogdet``);
+  2. a real layer: a MAF layer's analytic log-det from ``inverse_and_log_det``
+     (``layer_analytic``) against the dense Jacobian (``jax.jacfwd``) + slogdet
+     of the same bijector (``layer_dense``), and the same for a 4-layer flow
+     (``flow4_analytic``, ``flow4_dense``), on a batch of points;
+  3. agreement: the largest |analytic - dense| log-det difference.
+
+Jitted functions, warm-up, ``block_until_ready``, medians (min/max too) over
+repeats; compile time separately. Writes a table, JSON and a log-log PNG.
+
+Run: python benchmarks/logdet_scaling.py [--out DIR] [--quick] [--x64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/out/logdet_scaling")
+    p.add_argument("--min-dim", type=int, default=2)
+    p.add_argument("--max-dim", type=int, default=1024)
+    p.add_argument("--layer-max-dim", type=int, default=512,
+                   help="largest D for the (slow) dense layer/flow Jacobians")
+    p.add_argument("--batch", type=int, default=16, help="points per layer evaluation")
+    p.add_argument("--hidden", type=int, default=128, help="MADE hidden width (2 layers)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="D up to 64, 3 repeats (CI smoke)")
+    p.add_argument("--x64", action="store_true", help="float64 (enables jax_enable_x64)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_dim, args.layer_max_dim, args.repeats = 64, 64, 3
+    return args
+
+
+def timed(fn, *args, repeats):
+    """Compile time, then median/min/max seconds of `repeats` blocked calls after a warm-up."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compiled(*args), compile_s, times
+
+
+def slope(dims, values):
+    import numpy as np
+
+    x, y = np.log(np.asarray(dims, float)), np.log(np.asarray(values, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import jaxmaf
+
+    os.makedirs(args.out, exist_ok=True)
+    dtype = jaxmaf.made.default_dtype()
+    dev = jax.devices()[0]
+    print(f"backend: {jax.default_backend()} ({dev.device_kind}); dtype {dtype.name}; "
+          f"jax {jax.__version__}")
+    dims = [d for d in 2 ** np.arange(0, 16) if args.min_dim <= d <= args.max_dim]
+    rows, max_diff = [], 0.0
+
+    def record(dim, method, compile_s, times):
+        row = dict(dim=int(dim), method=method, median_ms=1e3 * statistics.median(times),
+                   min_ms=1e3 * min(times), max_ms=1e3 * max(times), compile_ms=1e3 * compile_s)
+        rows.append(row)
+        print(f"D={dim:>5} {method:<16} median {row['median_ms']:10.4f} ms  "
+              f"(min {row['min_ms']:.4f}, max {row['max_ms']:.4f}; "
+              f"compile {row['compile_ms']:.0f} ms)", flush=True)
+
+    key = jax.random.key(0)
+    for dim in dims:
+        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, int(dim)), 3)
+        a = jax.random.normal(k1, (dim, dim), dtype) / np.sqrt(dim) + 2 * jnp.eye(dim, dtype=dtype)
+        tri = jnp.tril(a)
+        ld_tri, c, t = timed(lambda m: jnp.sum(jnp.log(jnp.abs(jnp.diagonal(m)))), tri,
+                             repeats=args.repeats)
+        record(dim, "triangular", c, t)
+        ld_dense, c, t = timed(lambda m: jnp.linalg.slogdet(m)[1], tri, repeats=args.repeats)
+        record(dim, "dense_slogdet", c, t)
+        max_diff = max(max_diff, float(jnp.abs(ld_tri - ld_dense)))
+
+        if dim > args.layer_max_dim:
+            continue
+        x = jax.random.normal(k2, (args.batch, dim), dtype)
+        for name, layers in (("layer", 1), ("flow4", 4)):
+            flow = jaxmaf.MAF(int(dim), layers, (args.hidden, args.hidden),
+                              output_init_scale=0.1, rngs=nnx.Rngs(int(dim)))
+            graphdef, params = nnx.split(flow)
+
+            def analytic(p, x, graphdef=graphdef):
+                return nnx.merge(graphdef, p).bijector().inverse_and_log_det(x)[1]
+
+            def dense(p, x, graphdef=graphdef):
+                return jaxmaf.dense_log_det(nnx.merge(graphdef, p).bijector().inverse, x)
+
+            ld_a, c, t = timed(analytic, params, x, repeats=args.repeats)
+            record(dim, f"{name}_analytic", c, t)
+            ld_d, c, t = timed(dense, params, x, repeats=args.repeats)
+            record(dim, f"{name}_dense", c, t)
+            max_diff = max(max_diff, float(jnp.max(jnp.abs(ld_a - ld_d))))
+
+    methods = sorted({r["method"] for r in rows}, key=[r["method"] for r in rows].index)
+    slopes = {}
+    for m in methods:
+        pts = [(r["dim"], r["median_ms"]) for r in rows if r["method"] == m]
+        upper = pts[len(pts) // 2:] if len(pts) >= 4 else pts
+        slopes[m] = slope(*zip(*upper, strict=True)) if len(upper) >= 2 else float("nan")
+    print("\nlog-log slopes over the upper half of the range (time ~ D^slope):")
+    for m, s in slopes.items():
+        print(f"  {m:<16} {s:5.2f}")
+    speedups = {}
+    for dim in dims:
+        med = {r["method"]: r["median_ms"] for r in rows if r["dim"] == dim}
+        speedups[int(dim)] = {k: med[f"{k}_dense" if k != "linalg" else "dense_slogdet"]
+                              / med[f"{k}_analytic" if k != "linalg" else "triangular"]
+                              for k in ("linalg", "layer", "flow4")
+                              if f"{k}_dense" in med or k == "linalg"}
+    print("\ndense / analytic time ratio by D:")
+    for dim, s in speedups.items():
+        print(f"  D={dim:>5} " + "  ".join(f"{k} {v:8.1f}x" for k, v in s.items()))
+    print(f"\nmax |analytic - dense| log-det over the run ({dtype.name}): {max_diff:.3e}")
+
+    result = dict(
+        rows=rows, slopes=slopes, speedup_dense_over_analytic=speedups,
+        max_abs_logdet_diff=max_diff, dtype=dtype.name, backend=jax.default_backend(),
+        device=dev.device_kind, batch=args.batch, hidden=args.hidden, repeats=args.repeats,
+        versions=dict(jax=jax.__version__, jaxmaf=jaxmaf.__version__,
+                      python=platform.python_version()),
+    )
+    with open(os.path.join(args.out, "logdet_scaling.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot(rows, methods, dims, os.path.join(args.out, "logdet_scaling.png"), result)
+    print(f"wrote {args.out}/logdet_scaling.json and logdet_scaling.png")
+    return result
+
+
+def plot(rows, methods, dims, path, result):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in methods:
+        pts = [(r["dim"], r["median_ms"]) for r in rows if r["method"] == m]
+        d, t = zip(*pts, strict=True)
+        ax.loglog(d, t, "o-", label=f"{m} (slope {result['slopes'][m]:.2f})")
+    d = np.asarray(dims, float)
+    ref = [r["median_ms"] for r in rows if r["method"] == "dense_slogdet"][-1]
+    ax.loglog(d, ref * (d / d[-1]) ** 3, "k--", lw=0.8, label="O(D^3) reference")
+    ax.loglog(d, ref * (d / d[-1]), "k:", lw=0.8, label="O(D) reference")
+    ax.set(xlabel="D", ylabel="median time (ms)",
+           title=f"log-det cost on {result['backend']} ({result['dtype']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
