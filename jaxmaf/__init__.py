@@ -10,10 +10,11 @@ Example:
 
 from jaxmaf import masks
 from jaxmaf.bijectors import MaskedAutoregressive, Permute
-from jaxmaf.flows import IAF, MAF, standard_normal_log_prob
+from jaxmaf.checkpoint import load, save
+from jaxmaf.flows import IAF, MAF, FlowConfig, standard_normal_log_prob
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
 from jaxmaf.made import ACTIVATIONS, MADE, MaskedLinear, get_activation
-from jaxmaf.training import History, check_data, fit
+from jaxmaf.training import History, check_data, fit, fit_ensemble
 from jaxmaf.transformers import Affine
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "MADE",
     "MAF",
     "Affine",
+    "FlowConfig",
     "History",
     "MaskedAutoregressive",
     "MaskedLinear",
@@ -32,9 +34,12 @@ __all__ = [
     "dense_jacobian",
     "dense_log_det",
     "fit",
+    "fit_ensemble",
     "get_activation",
     "is_autoregressive",
     "jacobian_nonzero",
+    "load",
     "masks",
+    "save",
     "standard_normal_log_prob",
 ]

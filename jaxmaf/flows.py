@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -26,6 +27,34 @@ def standard_normal_log_prob(u: Array) -> Array:
     """Log-density of a standard normal over the last axis: ``(..., D) -> (...)``."""
     dim = u.shape[-1]
     return -0.5 * jnp.sum(jnp.square(u), axis=-1) - 0.5 * dim * math.log(2 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """The constructor arguments that rebuild a flow (saved by :func:`jaxmaf.save`).
+
+    Random permutations are recorded explicitly; ``activation`` is None when
+    it was given as a callable (such a flow cannot be saved by name).
+    """
+
+    dim: int
+    num_layers: int
+    hidden_dims: tuple[int, ...]
+    activation: str | None
+    context_dim: int
+    permutation: tuple[tuple[int, ...], ...]
+    hidden_degrees: str
+    transformer: Affine
+    output_init_scale: float
+    param_dtype: str
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
+        d = dataclasses.asdict(self)
+        d["transformer"] = {"name": "affine", **dataclasses.asdict(self.transformer)}
+        d["permutation"] = [list(p) for p in self.permutation]
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
 
 
 class _AutoregressiveFlow(nnx.Module):
@@ -54,6 +83,8 @@ class _AutoregressiveFlow(nnx.Module):
         if isinstance(hidden_dims, int | np.integer) or not isinstance(hidden_dims, Sequence):
             raise ValueError(f"Expected hidden_dims as a sequence of ints, got {hidden_dims!r}.")
         self.transformer = get_transformer(transformer)
+        if not isinstance(context_dim, int | np.integer) or context_dim < 0:
+            raise ValueError(f"Expected context_dim to be an integer >= 0, got {context_dim!r}.")
         self.dim, self.num_layers, self.context_dim = dim, num_layers, context_dim
         self.hidden_dims = tuple(hidden_dims)
         self.param_dtype = jnp.dtype(param_dtype or default_dtype())
@@ -73,6 +104,14 @@ class _AutoregressiveFlow(nnx.Module):
                 )
                 for _ in range(num_layers)
             ]
+        )
+        self.config = FlowConfig(
+            dim=int(dim), num_layers=int(num_layers), hidden_dims=self.hidden_dims,
+            activation=activation if isinstance(activation, str) else None,
+            context_dim=int(context_dim),
+            permutation=tuple(self.permutations), hidden_degrees=hidden_degrees,
+            transformer=self.transformer, output_init_scale=float(output_init_scale),
+            param_dtype=self.param_dtype.name,
         )
 
     def _make_permutations(

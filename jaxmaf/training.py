@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, serialization
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 Array = jax.Array
 
@@ -92,14 +95,12 @@ def _loss(params, graphdef, x, c, w):
     return -jnp.sum(w * lp) / jnp.sum(w)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "optimizer", "batch_size", "num_batches")
-)
-def _train_epoch(params, opt_state, key, data, context, *, graphdef, optimizer, batch_size,
-                 num_batches):
+def _epoch_body(params, opt_state, key, data, context, graphdef, optimizer, batch_size,
+                num_batches, batch_sharding):
     """One epoch: shuffle on device, scan over minibatches (the last one padded and weighted)."""
+    key, sub = jax.random.split(key)
     n = data.shape[0]
-    perm = jax.random.permutation(key, n)
+    perm = jax.random.permutation(sub, n)
     total = num_batches * batch_size
     idx = jnp.concatenate([perm, perm[: total - n]]) if total > n else perm
     weights = (jnp.arange(total) < n).astype(data.dtype).reshape(num_batches, batch_size)
@@ -108,19 +109,64 @@ def _train_epoch(params, opt_state, key, data, context, *, graphdef, optimizer, 
     def step(carry, batch):
         params, opt_state = carry
         bidx, w = batch
-        c = None if context is None else context[bidx]
-        loss, grads = jax.value_and_grad(_loss)(params, graphdef, data[bidx], c, w)
+        x, c = data[bidx], None if context is None else context[bidx]
+        if batch_sharding is not None:  # data parallel: each device takes a slice of the batch
+            x, w = jax.lax.with_sharding_constraint((x, w), batch_sharding)
+            c = None if c is None else jax.lax.with_sharding_constraint(c, batch_sharding)
+        loss, grads = jax.value_and_grad(_loss)(params, graphdef, x, c, w)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return (params, opt_state), loss * jnp.sum(w)
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (idx, weights))
-    return params, opt_state, jnp.sum(losses) / n
+    return params, opt_state, key, jnp.sum(losses) / n
+
+
+_STATIC = ("graphdef", "optimizer", "batch_size", "num_batches", "batch_sharding")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _train_epoch(params, opt_state, key, data, context, *, graphdef, optimizer, batch_size,
+                 num_batches, batch_sharding=None):
+    return _epoch_body(params, opt_state, key, data, context, graphdef, optimizer, batch_size,
+                       num_batches, batch_sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _eval_loss(params, data, context, *, graphdef):
     return _loss(params, graphdef, data, context, jnp.ones(data.shape[0], data.dtype))
+
+
+def _select(mask, new, old):
+    """Per-member choice between two stacked pytrees (mask: (M,) bool)."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old
+    )
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _ensemble_epoch(params, opt_state, keys, best_params, best_loss, active, data, context,
+                    val_data, val_context, *, graphdef, optimizer, batch_size, num_batches,
+                    batch_sharding=None):
+    """One epoch of every member (vmapped), validation, and best-parameter bookkeeping."""
+    body = functools.partial(_epoch_body, graphdef=graphdef, optimizer=optimizer,
+                             batch_size=batch_size, num_batches=num_batches,
+                             batch_sharding=batch_sharding)
+    new_params, new_opt, keys, train_loss = jax.vmap(body, in_axes=(0, 0, 0, None, None))(
+        params, opt_state, keys, data, context
+    )
+    update = active & jnp.isfinite(train_loss)
+    params = _select(update, new_params, params)
+    opt_state = _select(update, new_opt, opt_state)
+    if val_data is None:
+        loss = train_loss
+    else:
+        loss = jax.vmap(lambda p: _eval_loss(p, val_data, val_context, graphdef=graphdef))(params)
+    val_loss = loss if val_data is not None else jnp.full_like(train_loss, jnp.nan)
+    improved = update & jnp.isfinite(loss) & (loss < best_loss)
+    best_params = _select(improved, params, best_params)
+    best_loss = jnp.where(improved, loss, best_loss)
+    return params, opt_state, keys, best_params, best_loss, train_loss, val_loss
 
 
 def fit(
@@ -136,6 +182,9 @@ def fit(
     patience: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    devices: Sequence[jax.Device] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> History:
     """Trains a flow in place by maximum likelihood.
 
@@ -163,6 +212,16 @@ def fit(
         epochs (None: never).
       seed: seed of the shuffling.
       progress: show a progress bar (only on a terminal, never under CI).
+      devices: data parallelism: each minibatch is split across these devices
+        (a ``NamedSharding`` over a 1-D ``Mesh``; parameters replicated,
+        gradients all-reduced by XLA). ``batch_size`` must be divisible by
+        their number. Works the same for GPUs, TPUs or multi-host
+        (``jax.distributed``) device lists.
+      checkpoint_dir: write the training state there after every epoch
+        (``train_state.msgpack``; atomic) and the best flow
+        (``best.jaxmaf``, loadable with :func:`jaxmaf.load`).
+      resume: continue from the training state in ``checkpoint_dir`` (if
+        present) to the same result as an uninterrupted run.
 
     Returns:
       a :class:`History`.
@@ -170,7 +229,9 @@ def fit(
     Raises:
       ValueError: before any training, for data of the wrong shape, empty,
         or with NaN/inf; context missing, unexpected, mismatched in length or
-        width; ``batch_size < 1``; ``num_epochs < 1``; ``patience < 1``.
+        width; ``batch_size < 1``; ``num_epochs < 1``; ``patience < 1``;
+        ``batch_size`` not divisible by the number of devices; ``resume``
+        without ``checkpoint_dir`` or from a checkpoint of a different run.
         A refused call leaves the flow untouched.
 
     Example:
@@ -178,6 +239,241 @@ def fit(
       >>> history = jaxmaf.fit(flow, x_train, validation_data=x_val, num_epochs=50)
       >>> history.best_epoch, history.val_loss[history.best_epoch]
     """
+    run = _prepare(flow, data, validation_data, context, validation_context, batch_size,
+                   num_epochs, patience, devices)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (where the training state is).")
+    optimizer = optimizer or _DEFAULT_OPTIMIZER
+    graphdef, params = nnx.split(flow, nnx.Param)
+    opt_state = optimizer.init(params)
+    key = jax.random.key(seed)
+    history = History()
+    best_params, since_best, start_epoch = params, 0, 0
+    fingerprint = dict(n=run.n, batch_size=run.batch_size, seed=seed, dim=flow.dim)
+    ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, TRAIN_STATE)
+    if resume and os.path.exists(ckpt):
+        params, opt_state, key, best_params, history, since_best, start_epoch = _load_state(
+            ckpt, params, opt_state, fingerprint
+        )
+    if run.replicated is not None:
+        params, opt_state, best_params = jax.device_put((params, opt_state, best_params),
+                                                        run.replicated)
+
+    bar = _progress_bar(num_epochs, start_epoch) if progress else None
+    start = time.perf_counter() - history.wall_time
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            if patience is not None and since_best >= patience:
+                history.stop_reason = "early_stopping"
+                break
+            t0 = time.perf_counter()
+            new_params, new_opt_state, new_key, train_loss = _train_epoch(
+                params, opt_state, key, run.data, run.context, graphdef=graphdef,
+                optimizer=optimizer, batch_size=run.batch_size, num_batches=run.num_batches,
+                batch_sharding=run.batch_sharding,
+            )
+            train_loss = float(train_loss)
+            if not math.isfinite(train_loss):
+                history.stop_reason = "non_finite"
+                warnings.warn(
+                    f"Training loss became {train_loss} at epoch {epoch}; stopped and kept the "
+                    f"parameters of epoch {history.best_epoch}.", RuntimeWarning, stacklevel=2,
+                )
+                break
+            params, opt_state, key = new_params, new_opt_state, new_key
+            history.train_loss.append(train_loss)
+            loss = train_loss
+            if run.val_data is not None:
+                loss = float(_eval_loss(params, run.val_data, run.val_context, graphdef=graphdef))
+                history.val_loss.append(loss)
+            history.epoch_time.append(time.perf_counter() - t0)
+            if math.isfinite(loss) and loss < history.best_loss:
+                history.best_loss, history.best_epoch, best_params = loss, epoch, params
+                since_best = 0
+            else:
+                since_best += 1
+            history.wall_time = time.perf_counter() - start
+            if ckpt is not None:
+                _save_state(ckpt, params, opt_state, key, best_params, history, since_best,
+                            epoch + 1, fingerprint)
+                if history.best_epoch == epoch:
+                    _save_best(checkpoint_dir, flow, best_params)
+            if bar is not None:
+                bar.update(1)
+                postfix = {"train": f"{train_loss:.4f}"}
+                if history.val_loss:
+                    postfix["val"] = f"{history.val_loss[-1]:.4f}"
+                bar.set_postfix(postfix)
+    except KeyboardInterrupt:
+        history.stop_reason = "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+        if history.best_epoch >= 0:
+            nnx.update(flow, best_params)
+        history.wall_time = time.perf_counter() - start
+    return history
+
+
+def fit_ensemble(
+    make_flow: Callable[[nnx.Rngs], nnx.Module],
+    data: Any,
+    *,
+    seeds: Sequence[int],
+    learning_rate: float | Sequence[float] = 1e-3,
+    optimizer: Callable[..., optax.GradientTransformation] = optax.adam,
+    validation_data: Any = None,
+    context: Any = None,
+    validation_context: Any = None,
+    batch_size: int = 256,
+    num_epochs: int = 100,
+    patience: int | None = None,
+    progress: bool = True,
+    devices: Sequence[jax.Device] | None = None,
+) -> tuple[list[nnx.Module], list[History]]:
+    """Trains one flow per seed, all members in ONE compiled program (``jax.vmap``).
+
+    Member ``i`` is built with ``make_flow(nnx.Rngs(seeds[i]))``, shuffles its
+    data with ``seeds[i]`` and uses ``optimizer(learning_rate=lr_i)``, so it
+    matches ``fit(make_flow(nnx.Rngs(s)), ..., optimizer=optimizer(lr_i),
+    seed=s)`` to float tolerance. The learning rate is a per-member array
+    (``optax.inject_hyperparams``), so members may differ. Early stopping and
+    divergence are handled per member (a stopped member's parameters are
+    frozen at its best); the loop ends when every member has stopped.
+
+    Args:
+      make_flow: ``rngs -> flow``; every member must have the same structure.
+      data: training points ``(N, dim)`` shared by all members.
+      seeds: one seed per member (parameter initialisation and shuffling).
+      learning_rate: a float for all members or one per member.
+      optimizer: an Optax optimizer factory taking ``learning_rate=``.
+      validation_data: as in :func:`fit`.
+      context: as in :func:`fit`.
+      validation_context: as in :func:`fit`.
+      batch_size: as in :func:`fit`.
+      num_epochs: as in :func:`fit`.
+      patience: as in :func:`fit`, per member.
+      progress: as in :func:`fit`.
+      devices: as in :func:`fit` (every member's batch is split across them).
+
+    Returns:
+      ``(flows, histories)``: ordinary flows with each member's best
+      parameters, and one :class:`History` each.
+
+    Raises:
+      ValueError: as :func:`fit`; no seeds; a learning-rate list of the wrong
+        length; members whose structures differ.
+
+    Example:
+      >>> make = lambda rngs: jaxmaf.MAF(2, 4, (16, 16), rngs=rngs)
+      >>> flows, hists = jaxmaf.fit_ensemble(make, x, seeds=range(8), num_epochs=50)
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("Expected at least one seed, got none.")
+    lrs = [float(learning_rate)] * len(seeds) if np.ndim(learning_rate) == 0 else \
+        [float(v) for v in learning_rate]
+    if len(lrs) != len(seeds):
+        raise ValueError(f"Expected {len(seeds)} learning rates (one per seed), got {len(lrs)}.")
+    flows = [make_flow(nnx.Rngs(s)) for s in seeds]
+    run = _prepare(flows[0], data, validation_data, context, validation_context, batch_size,
+                   num_epochs, patience, devices)
+    splits = [nnx.split(f, nnx.Param) for f in flows]
+    graphdef = splits[0][0]
+    for i, (g, _) in enumerate(splits):
+        if g != graphdef:
+            raise ValueError(f"Ensemble member {i} (seed {seeds[i]}) differs in structure from "
+                             "member 0 (e.g. random orders or masks); members must match.")
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
+    params = stack([p for _, p in splits])
+    opt = _with_learning_rate_state(optimizer)
+    opt_state = jax.vmap(opt.init)(params)
+    opt_state.hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    m = len(seeds)
+    best_params, best_loss = params, jnp.full((m,), jnp.inf, jax.tree.leaves(params)[0].dtype)
+    active = np.ones(m, bool)
+    histories = [History() for _ in seeds]
+    since_best = np.zeros(m, int)
+    if run.replicated is not None:
+        params, opt_state, best_params = jax.device_put((params, opt_state, best_params),
+                                                        run.replicated)
+    bar = _progress_bar(num_epochs) if progress else None
+    start = time.perf_counter()
+    try:
+        for epoch in range(num_epochs):
+            t0 = time.perf_counter()
+            params, opt_state, keys, best_params, best_loss, tl, vl = _ensemble_epoch(
+                params, opt_state, keys, best_params, best_loss, jnp.asarray(active), run.data,
+                run.context, run.val_data, run.val_context, graphdef=graphdef, optimizer=opt,
+                batch_size=run.batch_size, num_batches=run.num_batches,
+                batch_sharding=run.batch_sharding,
+            )
+            tl, vl, bl = np.asarray(tl), np.asarray(vl), np.asarray(best_loss)
+            dt = time.perf_counter() - t0
+            for i, h in enumerate(histories):
+                if not active[i]:
+                    continue
+                if not math.isfinite(tl[i]):
+                    h.stop_reason, active[i] = "non_finite", False
+                    warnings.warn(f"Ensemble member {i}: training loss became {tl[i]} at epoch "
+                                  f"{epoch}; kept its epoch {h.best_epoch}.", RuntimeWarning,
+                                  stacklevel=2)
+                    continue
+                h.train_loss.append(float(tl[i]))
+                if run.val_data is not None:
+                    h.val_loss.append(float(vl[i]))
+                h.epoch_time.append(dt)
+                if bl[i] < h.best_loss:
+                    h.best_loss, h.best_epoch, since_best[i] = float(bl[i]), epoch, 0
+                else:
+                    since_best[i] += 1
+                if patience is not None and since_best[i] >= patience and epoch < num_epochs - 1:
+                    h.stop_reason, active[i] = "early_stopping", False
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({"active": int(active.sum()), "best": f"{np.nanmin(bl):.4f}"})
+            if not active.any():
+                break
+    except KeyboardInterrupt:
+        for h in histories:
+            h.stop_reason = "interrupted" if h.stop_reason == "completed" else h.stop_reason
+    finally:
+        if bar is not None:
+            bar.close()
+        wall = time.perf_counter() - start
+        for i, (flow, h) in enumerate(zip(flows, histories, strict=True)):
+            h.wall_time = wall
+            if h.best_epoch >= 0:
+                nnx.update(flow, jax.tree.map(lambda a, i=i: a[i], best_params))
+    return flows, histories
+
+
+@functools.lru_cache(maxsize=32)
+def _with_learning_rate_state(optimizer: Callable[..., optax.GradientTransformation]):
+    """``optimizer`` with its learning rate held in the optimizer state.
+
+    One object per factory, so the compiled ensemble program is reused across calls.
+    """
+    return optax.inject_hyperparams(optimizer)(learning_rate=1e-3)
+
+
+@dataclasses.dataclass
+class _Run:
+    data: Array
+    context: Array | None
+    val_data: Array | None
+    val_context: Array | None
+    n: int
+    batch_size: int
+    num_batches: int
+    batch_sharding: Any
+    replicated: Any
+
+
+def _prepare(flow, data, validation_data, context, validation_context, batch_size, num_epochs,
+             patience, devices) -> _Run:
+    """Validates every input (before any training) and places the data on the device(s)."""
     dim, context_dim = flow.dim, getattr(flow, "context_dim", 0)
     data = check_data(data, dim)
     context = _check_context(context, context_dim, len(data), "context")
@@ -193,70 +489,82 @@ def fit(
             raise ValueError(f"Expected {name} to be an integer >= 1, got {value!r}.")
     if patience is not None and (not isinstance(patience, int | np.integer) or patience < 1):
         raise ValueError(f"Expected patience to be None or an integer >= 1, got {patience!r}.")
-
-    optimizer = optimizer or _DEFAULT_OPTIMIZER
-    graphdef, params = nnx.split(flow, nnx.Param)
-    dtype = jax.tree.leaves(params)[0].dtype
-    to_dev = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
-    data, context = to_dev(data), to_dev(context)
-    validation_data, validation_context = to_dev(validation_data), to_dev(validation_context)
     batch_size = min(int(batch_size), data.shape[0])
-    num_batches = -(-data.shape[0] // batch_size)
-    opt_state = optimizer.init(params)
-    key = jax.random.key(seed)
-
-    history = History()
-    best_params = params
-    since_best = 0
-    bar = _progress_bar(num_epochs) if progress else None
-    start = time.perf_counter()
-    try:
-        for epoch in range(num_epochs):
-            t0 = time.perf_counter()
-            key, sub = jax.random.split(key)
-            new_params, opt_state, train_loss = _train_epoch(
-                params, opt_state, sub, data, context, graphdef=graphdef, optimizer=optimizer,
-                batch_size=batch_size, num_batches=num_batches,
+    batch_sharding = replicated = None
+    if devices is not None:
+        devices = list(devices)
+        if not devices:
+            raise ValueError("Expected a non-empty list of devices, got [].")
+        if batch_size % len(devices):
+            raise ValueError(
+                f"Expected batch_size divisible by the number of devices ({len(devices)}), "
+                f"got {batch_size}."
             )
-            train_loss = float(train_loss)
-            if not math.isfinite(train_loss):
-                history.stop_reason = "non_finite"
-                warnings.warn(
-                    f"Training loss became {train_loss} at epoch {epoch}; stopped and kept the "
-                    f"parameters of epoch {history.best_epoch}.", RuntimeWarning, stacklevel=2,
-                )
-                break
-            params = new_params
-            history.train_loss.append(train_loss)
-            loss = train_loss
-            if validation_data is not None:
-                loss = float(_eval_loss(params, validation_data, validation_context,
-                                        graphdef=graphdef))
-                history.val_loss.append(loss)
-            history.epoch_time.append(time.perf_counter() - t0)
-            if math.isfinite(loss) and loss < history.best_loss:
-                history.best_loss, history.best_epoch, best_params = loss, epoch, params
-                since_best = 0
-            else:
-                since_best += 1
-            if bar is not None:
-                bar.update(1)
-                postfix = {"train": f"{train_loss:.4f}"}
-                if history.val_loss:
-                    postfix["val"] = f"{history.val_loss[-1]:.4f}"
-                bar.set_postfix(postfix)
-            if patience is not None and since_best >= patience:
-                history.stop_reason = "early_stopping"
-                break
-    except KeyboardInterrupt:
-        history.stop_reason = "interrupted"
-    finally:
-        if bar is not None:
-            bar.close()
-        if history.best_epoch >= 0:
-            nnx.update(flow, best_params)
-        history.wall_time = time.perf_counter() - start
-    return history
+        mesh = Mesh(np.asarray(devices), ("data",))
+        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+    dtype = jax.tree.leaves(nnx.state(flow, nnx.Param))[0].dtype
+
+    def put(a):
+        if a is None:
+            return None
+        a = jnp.asarray(a, dtype)
+        return a if replicated is None else jax.device_put(a, replicated)
+
+    return _Run(put(data), put(context), put(validation_data), put(validation_context),
+                int(data.shape[0]), batch_size, -(-data.shape[0] // batch_size), batch_sharding,
+                replicated)
+
+
+TRAIN_STATE = "train_state.msgpack"
+BEST_FLOW = "best.jaxmaf"
+
+
+def _save_state(path, params, opt_state, key, best_params, history, since_best, next_epoch,
+                fingerprint):
+    from jaxmaf.checkpoint import atomic_write
+
+    leaves = lambda t: {str(i): np.asarray(a) for i, a in enumerate(jax.tree.leaves(t))}  # noqa: E731
+    payload = {
+        "params": leaves(params), "opt_state": leaves(opt_state),
+        "best_params": leaves(best_params),
+        "key": np.asarray(jax.random.key_data(key)),
+        "history": json.dumps(history.to_dict()), "since_best": since_best,
+        "next_epoch": next_epoch, "fingerprint": json.dumps(fingerprint),
+    }
+    atomic_write(path, serialization.msgpack_serialize(payload))
+
+
+def _load_state(path, params, opt_state, fingerprint):
+    with open(path, "rb") as f:
+        payload = serialization.msgpack_restore(f.read())
+    saved = json.loads(payload["fingerprint"])
+    if saved != fingerprint:
+        raise ValueError(f"The checkpoint in {path} is from a different run: expected "
+                         f"{fingerprint}, got {saved}.")
+
+    def restore(template, stored):
+        leaves, treedef = jax.tree.flatten(template)
+        if len(stored) != len(leaves):
+            raise ValueError(f"The checkpoint in {path} does not match this flow/optimizer.")
+        return jax.tree.unflatten(treedef, [jnp.asarray(stored[str(i)], leaf.dtype)
+                                            for i, leaf in enumerate(leaves)])
+
+    history = History(**json.loads(payload["history"]))
+    return (restore(params, payload["params"]), restore(opt_state, payload["opt_state"]),
+            jax.random.wrap_key_data(jnp.asarray(payload["key"])),
+            restore(params, payload["best_params"]), history, int(payload["since_best"]),
+            int(payload["next_epoch"]))
+
+
+def _save_best(checkpoint_dir, flow, best_params):
+    from jaxmaf.checkpoint import save
+
+    graphdef, _, rest = nnx.split(flow, nnx.Param, ...)
+    try:
+        save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, best_params, rest))
+    except ValueError:  # e.g. an activation given as a callable: the train state still has it
+        pass
 
 
 def _check_context(context: Any, context_dim: int, n: int, name: str) -> np.ndarray | None:
@@ -275,11 +583,11 @@ def _check_context(context: Any, context_dim: int, n: int, name: str) -> np.ndar
     return context
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int, initial: int = 0):
     if os.environ.get("CI") or not sys.stderr.isatty():
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
-    return tqdm(total=total, desc="fit", unit="epoch", leave=False)
+    return tqdm(total=total, initial=initial, desc="fit", unit="epoch", leave=False)

@@ -148,3 +148,140 @@ def test_early_stopping():
     h = jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=optax.sgd(0.0), batch_size=50,
                    num_epochs=50, patience=3, progress=False)
     assert h.stop_reason == "early_stopping" and len(h.val_loss) == 4 and h.best_epoch == 0
+
+
+# ---------------------------------------------------------------- ensembles
+def test_ensemble_members_match_single_fits_with_their_own_learning_rates():
+    x, xv = gaussian_data(300, 7), gaussian_data(100, 8)
+    make = lambda rngs: jaxmaf.MAF(2, 2, (8, 8), rngs=rngs)  # noqa: E731
+    lrs = [1e-2, 3e-3, 1e-3]
+    flows, hists = jaxmaf.fit_ensemble(make, x, seeds=[0, 5, 9], learning_rate=lrs,
+                                       validation_data=xv, batch_size=64, num_epochs=4,
+                                       progress=False)
+    assert len(flows) == len(hists) == 3
+    for flow, h, seed, lr in zip(flows, hists, [0, 5, 9], lrs, strict=True):
+        single = make(nnx.Rngs(seed))
+        hs = jaxmaf.fit(single, x, validation_data=xv, optimizer=optax.adam(lr), batch_size=64,
+                        num_epochs=4, seed=seed, progress=False)
+        np.testing.assert_allclose(h.val_loss, hs.val_loss, rtol=1e-5)
+        np.testing.assert_allclose(h.train_loss, hs.train_loss, rtol=1e-5)
+        assert h.best_epoch == hs.best_epoch
+        np.testing.assert_allclose(flow.log_prob(xv), single.log_prob(xv), rtol=1e-4, atol=1e-4)
+    # different learning rates really give different members
+    assert not np.allclose(hists[0].val_loss, hists[2].val_loss)
+
+
+def test_ensemble_errors():
+    make = lambda rngs: small_flow()  # noqa: E731
+    with pytest.raises(ValueError, match="at least one seed"):
+        jaxmaf.fit_ensemble(make, gaussian_data(10, 0), seeds=[])
+    with pytest.raises(ValueError, match="Expected 2 learning rates"):
+        jaxmaf.fit_ensemble(make, gaussian_data(10, 0), seeds=[0, 1], learning_rate=[1e-3])
+    rand = lambda rngs: jaxmaf.MAF(3, 2, (8,), permutation="random", rngs=rngs)  # noqa: E731
+    with pytest.raises(ValueError, match="differs in structure"):
+        jaxmaf.fit_ensemble(rand, np.zeros((10, 3)), seeds=[0, 1], progress=False)
+
+
+# ---------------------------------------------------------------- save / load / resume
+@pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
+def test_save_load_roundtrip_identical_log_prob(tmp_path, cls):
+    flow = cls(3, 3, (8, 8), permutation="random", hidden_degrees="random", context_dim=2,
+               activation="tanh", rngs=nnx.Rngs(3))
+    from conftest import perturb
+
+    perturb(flow)
+    path = tmp_path / "flow.jaxmaf"
+    jaxmaf.save(path, flow)
+    loaded = jaxmaf.load(path)
+    assert type(loaded) is cls and loaded.config == flow.config
+    x = jax.random.normal(jax.random.key(0), (7, 3))
+    c = jax.random.normal(jax.random.key(1), (7, 2))
+    np.testing.assert_array_equal(loaded.log_prob(x, c), flow.log_prob(x, c))
+    np.testing.assert_array_equal(loaded.sample(jax.random.key(2), (4,), c[0]),
+                                  flow.sample(jax.random.key(2), (4,), c[0]))
+
+
+def test_save_refuses_callable_activation_and_load_refuses_other_files(tmp_path):
+    flow = jaxmaf.MAF(2, 1, (4,), activation=jnp.sin, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="activation was given as a callable"):
+        jaxmaf.save(tmp_path / "f", flow)
+    (tmp_path / "other").write_bytes(b"\x80")
+    with pytest.raises(ValueError, match="Expected a jaxmaf-flow file"):
+        jaxmaf.load(tmp_path / "other")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    x, xv = gaussian_data(300, 9), gaussian_data(100, 10)
+    kw = dict(validation_data=xv, batch_size=64, num_epochs=8, seed=3, progress=False)
+    reference = small_flow()
+    h_ref = jaxmaf.fit(reference, x, **kw)
+
+    calls = {"n": 0}
+    real = training._train_epoch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", interrupted)
+    flow = small_flow()
+    h1 = jaxmaf.fit(flow, x, checkpoint_dir=tmp_path, **kw)
+    assert h1.stop_reason == "interrupted" and len(h1.val_loss) == 4
+    # the interrupted flow holds its best parameters so far
+    np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), min(h1.val_loss), rtol=1e-5)
+    monkeypatch.setattr(training, "_train_epoch", real)
+
+    resumed = small_flow(seed=42)  # a fresh flow: the checkpoint supplies the state
+    h2 = jaxmaf.fit(resumed, x, checkpoint_dir=tmp_path, resume=True, **kw)
+    np.testing.assert_array_equal(h2.val_loss, h_ref.val_loss)
+    assert h2.best_epoch == h_ref.best_epoch and h2.stop_reason == "completed"
+    np.testing.assert_array_equal(resumed.log_prob(xv), reference.log_prob(xv))
+    best = jaxmaf.load(tmp_path / training.BEST_FLOW)
+    np.testing.assert_array_equal(best.log_prob(xv), reference.log_prob(xv))
+    with pytest.raises(ValueError, match="different run"):
+        jaxmaf.fit(small_flow(), x, checkpoint_dir=tmp_path, resume=True,
+                   **{**kw, "batch_size": 32})
+
+
+# ---------------------------------------------------------------- data parallel
+DATA_PARALLEL_SCRIPT = r"""
+import jax, numpy as np, optax
+from flax import nnx
+import jaxmaf
+assert jax.device_count() == 4, jax.devices()
+x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
+x = x @ np.array([[1., .5], [0., 1.]], np.float32)
+def run(devices):
+    flow = jaxmaf.MAF(2, 2, (8, 8), rngs=nnx.Rngs(0))
+    h = jaxmaf.fit(flow, x, validation_data=x[:64], optimizer=optax.adam(1e-2), batch_size=64,
+                   num_epochs=3, progress=False, devices=devices)
+    return flow, h
+f1, h1 = run(None)
+f4, h4 = run(jax.devices())
+np.testing.assert_allclose(h1.val_loss, h4.val_loss, rtol=1e-5)
+np.testing.assert_allclose(f1.log_prob(x), f4.log_prob(x), rtol=1e-4, atol=1e-4)
+for leaf in jax.tree.leaves(nnx.state(f4, nnx.Param)):
+    assert len(leaf.sharding.device_set) == 4, leaf.sharding
+try:
+    run(jax.devices()[:3])
+except ValueError as e:
+    assert "divisible by the number of devices (3)" in str(e)
+else:
+    raise AssertionError("batch 64 on 3 devices must be refused")
+print("DATA-PARALLEL-OK", h1.val_loss[-1], h4.val_loss[-1])
+"""
+
+
+def test_data_parallel_on_four_cpu_devices_matches_single_device():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "DATA-PARALLEL-OK" in out.stdout
