@@ -19,13 +19,20 @@ def run_example(name: str, out: str) -> None:
                    check=True, env=env, cwd=ROOT, timeout=600)
 
 
-@pytest.mark.parametrize("name,nll_keys", [("circles.py", ["maf_1_layer", "maf_4_layers"])])
-def test_example_quick(tmp_path, name, nll_keys):
+@pytest.mark.parametrize(
+    "name,nll_keys,min_pngs",
+    [
+        ("circles.py", ["maf_1_layer", "maf_4_layers"], 4),
+        ("conditional_moons.py", ["conditional_maf"], 2),
+        ("digits.py", ["maf", "iaf"], 2),
+    ],
+)
+def test_example_quick(tmp_path, name, nll_keys, min_pngs):
     run_example(name, str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in nll_keys:
         assert math.isfinite(metrics["test_nll"][key])
     pngs = [p for p in tmp_path.iterdir() if p.suffix == ".png"]
-    assert len(pngs) >= 4
+    assert len(pngs) >= min_pngs
     for p in pngs:  # real PNG files, not empty placeholders
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

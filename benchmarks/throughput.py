@@ -1,0 +1,262 @@
+"""Throughput of jaxmaf against flowjax, TFP's JAX substrate, and an unmasked-MLP floor.
+
+Same architecture and work in one process, every function driven by plain
+``jax.jit`` (warm-up, ``block_until_ready``, medians of repeats; compile time
+separately):
+  - train step (NLL, gradient, Adam update) on one batch;
+  - ``log_prob`` of 10k points;
+  - sampling 10k points (the sequential direction: D MADE passes per layer);
+Workloads: D=2, 4 layers, MADE 2x128, batch 256 (the seed's) and D=64,
+5 layers, MADE 2x512, batch 512. The floor is the same flow with plain dense
+layers (no masks, no flow bookkeeping beyond the affine map and the log-det
+sum). Peers are optional (``pip install -e '.[bench]'``); a missing one is
+skipped with a message.
+
+Run: python benchmarks/throughput.py [--out DIR] [--quick] [--skip-sampling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxmaf
+from jaxmaf.transformers import _inverse_softplus
+
+WORKLOADS = {
+    "D2": dict(dim=2, layers=4, hidden=(128, 128), batch=256),
+    "D64": dict(dim=64, layers=5, hidden=(512, 512), batch=512),
+}
+N_EVAL = 10_000
+LR = 1e-3
+OFFSET = _inverse_softplus(1.0 - 1e-3)
+
+
+def bench(fn, *args, repeats):
+    """(compile seconds, median seconds, min, max) of a jitted call."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(times), min(times), max(times)
+
+
+def adam_step(loss):
+    opt = optax.adam(LR)
+
+    def step(params, opt_state, x):
+        val, g = jax.value_and_grad(loss)(params, x)
+        u, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, u), opt_state, val
+
+    return opt, step
+
+
+# ------------------------------------------------------------------ implementations
+def jaxmaf_impl(w):
+    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], output_init_scale=0.1,
+                      rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(flow, nnx.Param)
+
+    def log_prob(p, x):
+        return nnx.merge(graphdef, p).log_prob(x)
+
+    def sample(p, key):
+        return nnx.merge(graphdef, p).sample(key, (N_EVAL,))
+
+    return params, log_prob, sample
+
+
+def floor_impl(w):
+    """The same shapes and work with unmasked dense layers."""
+    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], output_init_scale=0.1,
+                      rngs=nnx.Rngs(0))
+    params = nnx.state(flow, nnx.Param).to_pure_dict()
+    dim = w["dim"]
+
+    def net(layer, x):
+        h = x
+        for lin in layer["hidden"].values():
+            h = jax.nn.relu(h @ lin["kernel"] + lin["bias"])
+        out = h @ layer["output"]["kernel"] + layer["output"]["bias"]
+        out = out.reshape(out.shape[:-1] + (dim, 2))
+        s = jax.nn.softplus(out[..., 1] + OFFSET) + 1e-3
+        return out[..., 0], s
+
+    def log_prob(p, x):
+        layers = list(p["layers"].values())
+        ld = 0.0
+        for k, layer in enumerate(reversed(layers)):
+            if k:
+                x = jnp.flip(x, -1)
+            b, s = net(layer, x)
+            x = x * s + b
+            ld = ld + jnp.sum(jnp.log(s), -1)
+        return -0.5 * jnp.sum(x**2, -1) - 0.5 * dim * math.log(2 * math.pi) + ld
+
+    def sample(p, key):
+        u = jax.random.normal(key, (N_EVAL, dim))
+        for k, layer in enumerate(p["layers"].values()):
+            if k:
+                u = jnp.flip(u, -1)
+
+            def body(_, y, layer=layer, u=u):
+                b, s = net(layer, y)
+                return (u - b) / s
+
+            u = jax.lax.fori_loop(0, dim, body, jnp.zeros_like(u))
+        return u
+
+    return params, log_prob, sample
+
+
+def flowjax_impl(w):
+    import equinox as eqx
+    import paramax
+    from flowjax.distributions import Normal
+    from flowjax.flows import masked_autoregressive_flow
+
+    flow = masked_autoregressive_flow(jax.random.key(0), base_dist=Normal(jnp.zeros(w["dim"])),
+                                      flow_layers=w["layers"], nn_width=w["hidden"][0],
+                                      nn_depth=len(w["hidden"]))
+    params, static = eqx.partition(flow, eqx.is_inexact_array,
+                                   is_leaf=lambda x: isinstance(x, paramax.NonTrainable))
+
+    def build(p):
+        return paramax.unwrap(eqx.combine(p, static))
+
+    def log_prob(p, x):
+        return build(p).log_prob(x)
+
+    def sample(p, key):
+        return build(p).sample(key, (N_EVAL,))
+
+    return params, log_prob, sample
+
+
+def tfp_impl(w):
+    """TFP's MaskedAutoregressiveFlow (JAX substrate) around a plain-JAX MADE (jaxmaf.MADE)."""
+    import tensorflow_probability.substrates.jax as tfp
+
+    tfb, tfd = tfp.bijectors, tfp.distributions
+    dim = w["dim"]
+    mades = [jaxmaf.MADE(dim, w["hidden"], 2, rngs=nnx.Rngs(i), output_init_scale=0.1)
+             for i in range(w["layers"])]
+    splits = [nnx.split(m, nnx.Param) for m in mades]
+    params = [p for _, p in splits]
+
+    def dist(p):
+        bijectors = []
+        for k, ((graphdef, _), pk) in enumerate(zip(splits, p, strict=True)):
+            made = nnx.merge(graphdef, pk)
+
+            def fn(x, made=made):
+                out = made(x)
+                return out[..., 0], out[..., 1]
+
+            if k:
+                bijectors.append(tfb.Permute(list(range(dim))[::-1]))
+            bijectors.append(tfb.MaskedAutoregressiveFlow(shift_and_log_scale_fn=fn))
+        base = tfd.MultivariateNormalDiag(jnp.zeros(dim))
+        return tfd.TransformedDistribution(base, tfb.Chain(bijectors[::-1]))
+
+    def log_prob(p, x):
+        return dist(p).log_prob(x)
+
+    def sample(p, key):
+        return dist(p).sample(N_EVAL, seed=key)
+
+    return params, log_prob, sample
+
+
+IMPLS = {"floor": floor_impl, "jaxmaf": jaxmaf_impl, "flowjax": flowjax_impl,
+         "tfp_jax": tfp_impl}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/out/throughput")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--sample-repeats", type=int, default=3)
+    ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--workloads", default="D2,D64")
+    ap.add_argument("--quick", action="store_true", help="D2 only, few repeats (CI smoke)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.workloads, args.repeats, args.sample_repeats = "D2", 3, 1
+    os.makedirs(args.out, exist_ok=True)
+    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+          f"jax {jax.__version__}")
+    rows = []
+    # Warm-up: the first program measured in a process runs slower (thread pools, caches);
+    # one discarded pass keeps that off whichever implementation comes first.
+    w0 = WORKLOADS[args.workloads.split(",")[0]]
+    p0, lp0, _ = floor_impl(w0)
+    bench(lp0, p0, jnp.zeros((N_EVAL, w0["dim"]), jnp.float32), repeats=args.repeats)
+    for wname in args.workloads.split(","):
+        w = WORKLOADS[wname]
+        print(f"\n== {wname}: D={w['dim']}, {w['layers']} layers, MADE {w['hidden']}, "
+              f"batch {w['batch']}")
+        rng = np.random.default_rng(0)
+        x_batch = jnp.asarray(rng.normal(size=(w["batch"], w["dim"])), jnp.float32)
+        x_eval = jnp.asarray(rng.normal(size=(N_EVAL, w["dim"])), jnp.float32)
+        for name, impl in IMPLS.items():
+            try:
+                params, log_prob, sample = impl(w)
+            except ImportError as e:
+                print(f"{name}: skipped ({e})")
+                continue
+            opt, step = adam_step(lambda p, x, lp=log_prob: -jnp.mean(lp(p, x)))
+            opt_state = opt.init(params)
+            tasks = [("train_step", step, (params, opt_state, x_batch), args.repeats),
+                     ("log_prob_10k", log_prob, (params, x_eval), args.repeats)]
+            if not args.skip_sampling:
+                tasks.append(("sample_10k", sample, (params, jax.random.key(1)),
+                              args.sample_repeats))
+            for task, fn, fargs, reps in tasks:
+                c, med, lo, hi = bench(fn, *fargs, repeats=reps)
+                rows.append(dict(workload=wname, impl=name, task=task, median_ms=1e3 * med,
+                                 min_ms=1e3 * lo, max_ms=1e3 * hi, compile_ms=1e3 * c))
+                print(f"{name:<8} {task:<13} median {1e3 * med:10.2f} ms (min {1e3 * lo:.2f}, "
+                      f"max {1e3 * hi:.2f}); compile {1e3 * c:7.0f} ms", flush=True)
+    ratios = {}
+    print("\nratios (jaxmaf / other; < 1 means jaxmaf is faster):")
+    for wname in args.workloads.split(","):
+        for task in ("train_step", "log_prob_10k", "sample_10k", "compile"):
+            key = "median_ms" if task != "compile" else "compile_ms"
+            sel = [r for r in rows if r["workload"] == wname and
+                   (r["task"] == task or (task == "compile" and r["task"] == "train_step"))]
+            ours = [r[key] for r in sel if r["impl"] == "jaxmaf"]
+            if not ours:
+                continue
+            for r in sel:
+                if r["impl"] != "jaxmaf":
+                    ratios[f"{wname}/{task}/jaxmaf_over_{r['impl']}"] = ours[0] / r[key]
+                    print(f"  {wname:<4} {task:<13} jaxmaf/{r['impl']:<8} {ours[0] / r[key]:6.2f}")
+    result = dict(rows=rows, ratios=ratios, backend=jax.default_backend(),
+                  device=jax.devices()[0].device_kind,
+                  versions=dict(jax=jax.__version__, jaxmaf=jaxmaf.__version__,
+                                python=platform.python_version()))
+    with open(os.path.join(args.out, "throughput.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}/throughput.json")
+
+
+if __name__ == "__main__":
+    main()
