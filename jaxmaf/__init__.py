@@ -15,7 +15,7 @@ from jaxmaf.flows import IAF, MAF, FlowConfig, standard_normal_log_prob
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
 from jaxmaf.made import ACTIVATIONS, MADE, MaskedLinear, get_activation
 from jaxmaf.training import History, check_data, fit, fit_ensemble
-from jaxmaf.transformers import Affine
+from jaxmaf.transformers import Affine, Spline
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ __all__ = [
     "MaskedAutoregressive",
     "MaskedLinear",
     "Permute",
+    "Spline",
     "check_data",
     "dense_jacobian",
     "dense_log_det",

@@ -20,7 +20,7 @@ from flax import nnx, serialization
 
 from jaxmaf.flows import IAF, MAF
 from jaxmaf.made import Constant
-from jaxmaf.transformers import Affine
+from jaxmaf.transformers import TRANSFORMERS
 
 FORMAT = "jaxmaf-flow"
 VERSION = 1
@@ -129,8 +129,7 @@ def load(path: str | os.PathLike) -> MAF | IAF:
         raise ValueError(f"Expected format version {VERSION}, got {payload['version']}.")
     config = json.loads(payload["config"])
     transformer = config.pop("transformer")
-    transformer.pop("name")
-    config["transformer"] = Affine(**transformer)
+    config["transformer"] = TRANSFORMERS[transformer.pop("name")](**transformer)
     config["param_dtype"] = jnp.dtype(config["param_dtype"])
     flow = _CLASSES[payload["class"]](**config, rngs=nnx.Rngs(0))
     for made, m in zip(flow.layers, [payload["masks"][str(i)] for i in range(len(flow.layers))],

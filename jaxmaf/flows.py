@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.bijectors import MaskedAutoregressive, Permute
+from jaxmaf.bijectors import SEQUENTIAL_METHODS, MaskedAutoregressive, Permute
 from jaxmaf.made import MADE, check_context, check_event, default_dtype
 from jaxmaf.masks import _check_dim, check_permutation
-from jaxmaf.transformers import Affine, get_transformer
+from jaxmaf.transformers import TRANSFORMERS, Transformer, get_transformer
 
 Array = jax.Array
 PERMUTATIONS = ("reverse", "random", "none")
+BASES = ("gaussian", "mog")
 
 
 def standard_normal_log_prob(u: Array) -> Array:
@@ -44,14 +45,18 @@ class FlowConfig:
     context_dim: int
     permutation: tuple[tuple[int, ...], ...]
     hidden_degrees: str
-    transformer: Affine
+    transformer: Transformer
     output_init_scale: float
     param_dtype: str
+    residual: bool = False
+    base: str = "gaussian"
+    num_components: int = 1
 
     def to_dict(self) -> dict:
         """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
         d = dataclasses.asdict(self)
-        d["transformer"] = {"name": "affine", **dataclasses.asdict(self.transformer)}
+        name = {v: k for k, v in TRANSFORMERS.items()}[type(self.transformer)]
+        d["transformer"] = {"name": name, **dataclasses.asdict(self.transformer)}
         d["permutation"] = [list(p) for p in self.permutation]
         d["hidden_dims"] = list(self.hidden_dims)
         return d
@@ -72,12 +77,20 @@ class _AutoregressiveFlow(nnx.Module):
         context_dim: int = 0,
         permutation: str | Sequence[Sequence[int]] = "reverse",
         hidden_degrees: str = "equal",
-        transformer: str | Affine = "affine",
+        transformer: str | Transformer = "affine",
+        residual: bool = False,
+        base: str = "gaussian",
+        num_components: int = 8,
         output_init_scale: float = 0.0,
         param_dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ):
         _check_dim(dim)
+        if base not in BASES:
+            raise ValueError(f"Unknown base {base!r}: expected one of {BASES}.")
+        if base == "mog" and (not isinstance(num_components, int | np.integer)
+                              or num_components < 1):
+            raise ValueError(f"Expected num_components >= 1, got {num_components!r}.")
         if not isinstance(num_layers, int | np.integer) or num_layers < 1:
             raise ValueError(f"Expected num_layers to be an integer >= 1, got {num_layers!r}.")
         if isinstance(hidden_dims, int | np.integer) or not isinstance(hidden_dims, Sequence):
@@ -98,6 +111,7 @@ class _AutoregressiveFlow(nnx.Module):
                     context_dim=context_dim,
                     activation=activation,
                     hidden_degrees=hidden_degrees,
+                    residual=residual,
                     output_init_scale=output_init_scale,
                     param_dtype=self.param_dtype,
                     rngs=rngs,
@@ -111,8 +125,17 @@ class _AutoregressiveFlow(nnx.Module):
             context_dim=int(context_dim),
             permutation=tuple(self.permutations), hidden_degrees=hidden_degrees,
             transformer=self.transformer, output_init_scale=float(output_init_scale),
-            param_dtype=self.param_dtype.name,
+            param_dtype=self.param_dtype.name, residual=bool(residual), base=base,
+            num_components=int(num_components) if base == "mog" else 1,
         )
+        self.base = base
+        if base == "mog":  # the MAF paper's MAF MoG: a learnable mixture of diagonal Gaussians
+            k = int(num_components)
+            self.base_logits = nnx.Param(jnp.zeros((k,), self.param_dtype))
+            self.base_means = nnx.Param(
+                jax.random.normal(rngs.params(), (k, dim), self.param_dtype)
+            )
+            self.base_log_scales = nnx.Param(jnp.zeros((k, dim), self.param_dtype))
 
     def _make_permutations(
         self, permutation: str | Sequence[Sequence[int]], rngs: nnx.Rngs
@@ -141,11 +164,17 @@ class _AutoregressiveFlow(nnx.Module):
         return tuple(tuple(int(i) for i in p) for p in perms)
 
     # ------------------------------------------------------------------ bijector
-    def bijector(self, context: Array | None = None) -> distrax.Bijector:
+    def bijector(
+        self, context: Array | None = None, *, method: str = "exact", tol: float = 0.0
+    ) -> distrax.Bijector:
         """The flow as a distrax bijector mapping base noise to data.
 
         Args:
           context: ``(..., context_dim)`` for a conditional flow, else None.
+          method: sequential direction (MAF sampling, IAF density):
+            ``"exact"`` or ``"jacobi"`` (see
+            :meth:`jaxmaf.MaskedAutoregressive.forward_jacobi`).
+          tol: Jacobi stopping threshold (0: the exact fixed point).
 
         Returns:
           a :class:`distrax.Chain` of the layers (base side last) and the
@@ -158,16 +187,36 @@ class _AutoregressiveFlow(nnx.Module):
         parts: list[distrax.Bijector] = []
         for k, made in enumerate(self.layers):
             conditioner = made if context is None else functools.partial(made, context=context)
-            layer = MaskedAutoregressive(conditioner, self.transformer)
+            layer = MaskedAutoregressive(conditioner, self.transformer, method=method, tol=tol)
             parts.append(distrax.Inverse(layer) if self.inverted else layer)
             if k < self.num_layers - 1:
                 parts.append(Permute(self.permutations[k]))
         return parts[0] if len(parts) == 1 else distrax.Chain(parts[::-1])
 
     def base_distribution(self) -> distrax.Distribution:
-        """The standard normal base distribution with event shape ``(dim,)``."""
+        """The base distribution with event shape ``(dim,)``.
+
+        A standard normal, or for ``base="mog"`` the learnable mixture of
+        diagonal Gaussians (``distrax.MixtureSameFamily``).
+        """
+        if self.base == "mog":
+            return distrax.MixtureSameFamily(
+                distrax.Categorical(logits=self.base_logits[...]),
+                distrax.MultivariateNormalDiag(self.base_means[...],
+                                               jnp.exp(self.base_log_scales[...])),
+            )
         zeros = jnp.zeros((self.dim,), self.param_dtype)
         return distrax.MultivariateNormalDiag(zeros, jnp.ones_like(zeros))
+
+    def base_log_prob(self, u: Array) -> Array:
+        """Log-density of the base distribution: ``(..., dim) -> (...)``."""
+        if self.base != "mog":
+            return standard_normal_log_prob(u)
+        log_w = jax.nn.log_softmax(self.base_logits[...])
+        ls = self.base_log_scales[...]
+        z = (u[..., None, :] - self.base_means[...]) * jnp.exp(-ls)
+        comp = standard_normal_log_prob(z) - jnp.sum(ls, axis=-1)
+        return jax.scipy.special.logsumexp(comp + log_w, axis=-1)
 
     def distribution(self, context: Array | None = None) -> distrax.Distribution:
         """The flow as ``distrax.Transformed(standard normal, self.bijector(context))``.
@@ -186,13 +235,18 @@ class _AutoregressiveFlow(nnx.Module):
         return distrax.Transformed(self.base_distribution(), self.bijector(context))
 
     # ------------------------------------------------------------------ density
-    def log_prob(self, x: Array, context: Array | None = None) -> Array:
+    def log_prob(
+        self, x: Array, context: Array | None = None, *, method: str = "exact", tol: float = 0.0
+    ) -> Array:
         """Log-density of ``x``.
 
         Args:
           x: points of shape ``(..., dim)``.
           context: ``(..., context_dim)`` for a conditional flow (batch
             dimensions broadcast with those of ``x``), else None.
+          method: for an IAF (sequential density), ``"exact"`` or
+            ``"jacobi"``; a MAF's density is one pass either way.
+          tol: Jacobi stopping threshold.
 
         Returns:
           log-densities of shape ``broadcast(...)``.
@@ -207,31 +261,67 @@ class _AutoregressiveFlow(nnx.Module):
           (10,)
         """
         check_event(x, self.dim, "x")
-        u, log_det = self.bijector(context).inverse_and_log_det(x)
-        return standard_normal_log_prob(u) + log_det
+        u, log_det = self.bijector(context, method=method, tol=tol).inverse_and_log_det(x)
+        return self.base_log_prob(u) + log_det
 
     def sample(
-        self, key: Array, sample_shape: Sequence[int] | int = (), context: Array | None = None
-    ) -> Array:
+        self,
+        key: Array,
+        sample_shape: Sequence[int] | int = (),
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        return_iterations: bool = False,
+    ) -> Array | tuple[Array, Array]:
         """Draws samples.
 
         Args:
           key: a JAX PRNG key.
           sample_shape: leading shape of the samples.
           context: ``(..., context_dim)`` for a conditional flow, else None.
+          method: for a MAF (sequential sampling): ``"exact"`` (D passes per
+            layer) or ``"jacobi"`` (fixed-point iteration, at most D passes,
+            stopping when the largest update is at most ``tol``; ``tol=0``
+            gives the exact samples). An IAF samples in one pass either way.
+          tol: Jacobi stopping threshold (>= 0).
+          return_iterations: also return the conditioner passes used by each
+            layer, an int array ``(num_layers,)`` (base side first).
 
         Returns:
-          samples of shape ``sample_shape + context.shape[:-1] + (dim,)``.
+          samples of shape ``sample_shape + context.shape[:-1] + (dim,)``
+          (and the iterations, with ``return_iterations``).
 
         Raises:
-          ValueError: context missing, unexpected, or of the wrong width.
+          ValueError: context missing, unexpected, or of the wrong width;
+            unknown method.
 
         Example:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.sample(jax.random.key(0), (100,)).shape
           (100, 2)
+          >>> x, iters = flow.sample(key, (100,), method="jacobi", return_iterations=True)
         """
-        return self.bijector(context).forward(self._base_noise(key, sample_shape, context))
+        if method not in SEQUENTIAL_METHODS:
+            raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
+        u = self._base_noise(key, sample_shape, context)
+        bijector = self.bijector(context, method=method, tol=tol)
+        if not return_iterations:
+            return bijector.forward(u)
+        parts = bijector.bijectors[::-1] if isinstance(bijector, distrax.Chain) else [bijector]
+        iterations = []
+        for part in parts:
+            if isinstance(part, MaskedAutoregressive):
+                if method == "jacobi":
+                    u, n = part.forward_jacobi(u, tol)
+                else:
+                    u, n = part.forward(u), jnp.asarray(self.dim, jnp.int32)
+                iterations.append(n)
+            else:
+                u = part.forward(u)
+                if isinstance(part, distrax.Inverse):
+                    iterations.append(jnp.asarray(1, jnp.int32))
+        return u, jnp.stack(iterations)
 
     def sample_and_log_prob(
         self, key: Array, sample_shape: Sequence[int] | int = (), context: Array | None = None
@@ -255,12 +345,14 @@ class _AutoregressiveFlow(nnx.Module):
         """
         u = self._base_noise(key, sample_shape, context)
         x, log_det = self.bijector(context).forward_and_log_det(u)
-        return x, standard_normal_log_prob(u) - log_det
+        return x, self.base_log_prob(u) - log_det
 
     def _base_noise(self, key: Array, sample_shape: Sequence[int] | int, context: Array | None):
         check_context(context, self.context_dim)
         shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
         batch = () if context is None else tuple(jnp.shape(context)[:-1])
+        if self.base == "mog":
+            return self.base_distribution().sample(seed=key, sample_shape=shape + batch)
         return jax.random.normal(key, shape + batch + (self.dim,), self.param_dtype)
 
 
@@ -283,8 +375,13 @@ class MAF(_AutoregressiveFlow):
         (seeded from ``rngs``), ``"none"``, or an explicit list of
         ``num_layers - 1`` permutations.
       hidden_degrees: MADE hidden-degree rule, ``"equal"`` or ``"random"``.
-      transformer: ``"affine"`` or an :class:`jaxmaf.Affine` instance (its
-        scale parameterisation).
+      transformer: ``"affine"``, ``"spline"``, or an :class:`jaxmaf.Affine` /
+        :class:`jaxmaf.Spline` instance (scale parameterisation, bins, tail
+        bound).
+      residual: residual MADEs (masked residual blocks; all hidden widths equal).
+      base: ``"gaussian"`` (standard normal) or ``"mog"`` (a learnable
+        mixture of ``num_components`` diagonal Gaussians: MAF MoG).
+      num_components: mixture components for ``base="mog"``.
       output_init_scale: initial scale of each MADE's output kernel (0: the
         flow starts exactly at the identity).
       param_dtype: parameter dtype (float32; float64 under
@@ -293,7 +390,8 @@ class MAF(_AutoregressiveFlow):
 
     Raises:
       ValueError: ``dim < 1``, ``num_layers < 1``, a hidden width <= 0,
-        unknown activation / permutation / hidden-degree / transformer name.
+        unknown activation / permutation / hidden-degree / transformer /
+        base name, unequal hidden widths with ``residual=True``.
 
     Example:
       >>> flow = jaxmaf.MAF(dim=2, num_layers=4, hidden_dims=(128, 128), rngs=nnx.Rngs(0))

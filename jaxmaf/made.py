@@ -168,6 +168,9 @@ class MADE(nnx.Module):
       order: input order: ``"natural"``, ``"reversed"``, ``"random"`` or an
         explicit permutation (see :func:`jaxmaf.masks.input_degrees`).
       hidden_degrees: ``"equal"`` (cyclic, as TFP) or ``"random"`` (MADE paper).
+      residual: masked residual blocks ``h <- h + W act(h)`` between hidden
+        layers (equal widths; every hidden layer shares the first one's
+        degrees, so the skip connection keeps the autoregressive property).
       output_init_scale: standard deviation multiplier of the output layer's
         initial kernel relative to LeCun-normal; 0 makes every output start at
         exactly its bias (zero), so a flow built on it starts at the identity.
@@ -178,7 +181,8 @@ class MADE(nnx.Module):
 
     Raises:
       ValueError: ``dim < 1``, a hidden width <= 0, ``params_per_dim < 1``,
-        ``context_dim < 0``, unknown activation, order or hidden-degree rule.
+        ``context_dim < 0``, unknown activation, order or hidden-degree rule,
+        unequal widths with ``residual=True``.
 
     Example:
       >>> made = MADE(3, (16, 16), 2, rngs=nnx.Rngs(0))
@@ -196,6 +200,7 @@ class MADE(nnx.Module):
         activation: str | Callable[[Array], Array] = "relu",
         order: masks_lib.OrderLike = "natural",
         hidden_degrees: str = "equal",
+        residual: bool = False,
         output_init_scale: float = 0.0,
         param_dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
@@ -214,12 +219,18 @@ class MADE(nnx.Module):
                 f"Unknown hidden_degrees {hidden_degrees!r}: expected one of "
                 f"{masks_lib.HIDDEN_DEGREES}."
             )
+        if residual and len(set(hidden_dims)) > 1:
+            raise ValueError(
+                f"Expected equal hidden widths for a residual MADE, got {hidden_dims}."
+            )
         self.activation_fn = get_activation(activation)
+        self.residual = bool(residual)
         needs_seed = (isinstance(order, str) and order == "random") or hidden_degrees == "random"
         seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1)) if needs_seed else 0
         degrees = masks_lib.input_degrees(dim, order, seed=seed)
         layer_masks, _ = masks_lib.made_masks(
-            degrees, hidden_dims, params_per_dim, hidden_degrees, context_dim > 0, seed=seed + 1
+            degrees, hidden_dims, params_per_dim, hidden_degrees, context_dim > 0, seed=seed + 1,
+            residual=residual,
         )
         dtype = param_dtype or default_dtype()
 
@@ -260,14 +271,15 @@ class MADE(nnx.Module):
         """
         check_event(x, self.dim, "x")
         check_context(context, self.context_dim)
-        h = x
         layers = [*self.hidden, self.output]
-        for i, layer in enumerate(layers):
-            h = layer(h)
-            if i == 0 and self.context_proj is not None:
-                h = h + self.context_proj(context)
-            if i < len(layers) - 1:
-                h = self.activation_fn(h)
+        h = layers[0](x)
+        if self.context_proj is not None:
+            h = h + self.context_proj(context)
+        for layer in layers[1:]:
+            if self.residual and layer is not self.output:  # pre-activation residual block
+                h = h + layer(self.activation_fn(h))
+            else:
+                h = layer(self.activation_fn(h))
         return h.reshape(h.shape[:-1] + (self.dim, self.params_per_dim))
 
 

@@ -156,6 +156,7 @@ def made_masks(
     rule: str = "equal",
     conditional: bool = False,
     seed: int | None = 0,
+    residual: bool = False,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Masks of every layer of a MADE.
 
@@ -168,6 +169,9 @@ def made_masks(
       rule: hidden-degree rule (see :func:`hidden_degrees`).
       conditional: whether context inputs exist (allows degree-0 hidden units).
       seed: seed for random hidden degrees.
+      residual: every hidden layer reuses the first hidden layer's degrees, so
+        an identity (skip) connection between hidden layers respects the
+        order (hidden-to-hidden masks then include the diagonal).
 
     Returns:
       ``(masks, hidden_degree_list)``: ``masks`` is a list of boolean arrays of
@@ -189,8 +193,10 @@ def made_masks(
     prev = in_degrees
     # Context inputs (degree 0) feed the first layer too, so its random degrees may start at 0.
     reach = np.append(in_degrees, 0) if conditional else in_degrees
-    for width in hidden_widths:
+    for i, width in enumerate(hidden_widths):
         deg = hidden_degrees(reach, width, dim, rule, conditional, seed=rng.integers(2**31))
+        if residual and i:
+            deg = degrees_list[0]
         masks.append(prev[:, None] <= deg[None, :])
         degrees_list.append(deg)
         prev = reach = deg

@@ -36,6 +36,19 @@ FLOWS = {
         ),
         0,
     ),
+    "maf_spline": (
+        functools.partial(jaxmaf.MAF, hidden_dims=(16,), transformer=jaxmaf.Spline(4, 2.0)), 0
+    ),
+    "iaf_spline_cond": (
+        functools.partial(jaxmaf.IAF, hidden_dims=(16,), transformer="spline",
+                          context_dim=CONTEXT_DIM),
+        CONTEXT_DIM,
+    ),
+    "maf_residual_mog": (
+        functools.partial(jaxmaf.MAF, hidden_dims=(16, 16, 16), residual=True, base="mog",
+                          num_components=3),
+        0,
+    ),
 }
 DIMS = (1, 2, 5, 11)
 

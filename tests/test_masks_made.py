@@ -80,10 +80,13 @@ def _perturbed_made(dim, hidden, context_dim=0, **kw):
 @pytest.mark.parametrize("order", ["natural", "reversed", "random", "explicit"])
 @pytest.mark.parametrize("hidden", [(16, 16), (4,), ()])
 @pytest.mark.parametrize("context_dim", [0, 2])
-def test_made_output_ignores_inputs_not_before_it(dim, order, hidden, context_dim):
+@pytest.mark.parametrize("residual", [False, True])
+def test_made_output_ignores_inputs_not_before_it(dim, order, hidden, context_dim, residual):
     if order == "explicit":
         order = list(np.random.default_rng(dim).permutation(dim))
-    made = _perturbed_made(dim, hidden, context_dim, order=order, activation="tanh")
+    hidden = (hidden[0],) * 3 if residual and hidden else hidden
+    made = _perturbed_made(dim, hidden, context_dim, order=order, activation="tanh",
+                           residual=residual)
     x = jax.random.normal(jax.random.key(0), (8, dim))
     c = jax.random.normal(jax.random.key(1), (context_dim,)) if context_dim else None
     jac = jax.vmap(jax.jacfwd(lambda v: made(v, c)))(x)  # (8, dim, P, dim)
