@@ -9,7 +9,7 @@ Example:
 """
 
 from jaxmaf import masks
-from jaxmaf.bijectors import MaskedAutoregressive, Permute
+from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
 from jaxmaf.checkpoint import load, save
 from jaxmaf.flows import IAF, MAF, FlowConfig, standard_normal_log_prob
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
@@ -25,6 +25,7 @@ __all__ = [
     "MADE",
     "MAF",
     "Affine",
+    "BatchNorm",
     "FlowConfig",
     "History",
     "MaskedAutoregressive",

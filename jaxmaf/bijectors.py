@@ -8,6 +8,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxmaf.masks import check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
@@ -247,3 +248,89 @@ class Permute(distrax.Bijector):
     def same_as(self, other: distrax.Bijector) -> bool:
         """True when ``other`` is a Permute with the same permutation."""
         return isinstance(other, Permute) and other._perm == self._perm
+
+
+class BatchNorm(nnx.Module):
+    """Batch normalisation as a bijection (the MAF paper's, Papamakarios et al. 2017).
+
+    Density direction (data ``x`` to noise ``u``, the bijector's inverse):
+    ``u = (x - m) / sqrt(v + eps) * exp(log_gamma) + beta`` with exact
+    log-det ``sum(log_gamma - log(v + eps) / 2)``. In train mode ``m, v`` are
+    the batch's mean and variance over every leading axis (gradients flow
+    through them) and the running averages (``nnx.BatchStat``) are updated;
+    in eval mode (``flow.eval()``) the running averages are used and the map
+    is a fixed affine bijection, invertible both ways. The sampling direction
+    always uses the running averages (a batch of samples has no data
+    statistics to borrow).
+
+    Args:
+      dim: event dimension D.
+      momentum: running average ``r <- momentum * r + (1 - momentum) * batch``.
+      eps: variance floor.
+      param_dtype: parameter dtype (default float32, float64 under x64).
+
+    Example:
+      >>> bn = BatchNorm(3)
+      >>> u, log_det = bn.bijector().inverse_and_log_det(x)   # train mode: batch statistics
+      >>> bn.eval(); x_again = bn.bijector().forward(u)        # eval mode: running averages
+    """
+
+    def __init__(self, dim: int, *, momentum: float = 0.99, eps: float = 1e-5,
+                 param_dtype: jnp.dtype | None = None):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Expected 0 <= momentum < 1, got {momentum}.")
+        dtype = param_dtype or jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+        self.dim, self.momentum, self.eps = dim, float(momentum), float(eps)
+        self.use_running_average = False
+        self.log_gamma = nnx.Param(jnp.zeros((dim,), dtype))
+        self.beta = nnx.Param(jnp.zeros((dim,), dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((dim,), dtype))
+        self.var = nnx.BatchStat(jnp.ones((dim,), dtype))
+
+    def statistics(self, x: Array) -> tuple[Array, Array]:
+        """Mean and variance to normalise ``x`` ``(..., D)`` with.
+
+        In train mode these are the batch's, and the running averages are updated.
+        """
+        if self.use_running_average:
+            return self.mean[...], self.var[...]
+        flat = x.reshape(-1, self.dim)
+        m, v = jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
+        mom = self.momentum
+        self.mean[...] = mom * self.mean[...] + (1 - mom) * jax.lax.stop_gradient(m)
+        self.var[...] = mom * self.var[...] + (1 - mom) * jax.lax.stop_gradient(v)
+        return m, v
+
+    def bijector(self) -> distrax.Bijector:
+        """The normalisation as a distrax bijector (base -> data)."""
+        return _BatchNormBijector(self)
+
+
+class _BatchNormBijector(distrax.Bijector):
+    def __init__(self, module: BatchNorm):
+        super().__init__(event_ndims_in=1)
+        self._module = module
+
+    def _affine(self, m, v):
+        bn = self._module
+        log_scale = bn.log_gamma[...] - 0.5 * jnp.log(v + bn.eps)  # density direction
+        return log_scale, bn.beta[...], m
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        check_width(y, self._module.dim)
+        log_scale, beta, m = self._affine(*self._module.statistics(y))
+        u = (y - m) * jnp.exp(log_scale) + beta
+        return u, jnp.broadcast_to(jnp.sum(log_scale), u.shape[:-1])
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        check_width(x, self._module.dim)
+        bn = self._module
+        log_scale, beta, m = self._affine(bn.mean[...], bn.var[...])
+        y = (x - beta) * jnp.exp(-log_scale) + m
+        return y, jnp.broadcast_to(-jnp.sum(log_scale), y.shape[:-1])
+
+
+def check_width(x: Array, dim: int) -> None:
+    """Raises ValueError unless ``x`` has shape ``(..., dim)``."""
+    if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != dim:
+        raise ValueError(f"Expected inputs of shape (..., {dim}), got {jnp.shape(x)}.")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.bijectors import SEQUENTIAL_METHODS, MaskedAutoregressive, Permute
+from jaxmaf.bijectors import SEQUENTIAL_METHODS, BatchNorm, MaskedAutoregressive, Permute
 from jaxmaf.made import MADE, check_context, check_event, default_dtype
 from jaxmaf.masks import _check_dim, check_permutation
 from jaxmaf.transformers import TRANSFORMERS, Transformer, get_transformer
@@ -51,6 +51,7 @@ class FlowConfig:
     residual: bool = False
     base: str = "gaussian"
     num_components: int = 1
+    batch_norm: bool = False
 
     def to_dict(self) -> dict:
         """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
@@ -81,6 +82,7 @@ class _AutoregressiveFlow(nnx.Module):
         residual: bool = False,
         base: str = "gaussian",
         num_components: int = 8,
+        batch_norm: bool = False,
         output_init_scale: float = 0.0,
         param_dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
@@ -127,6 +129,11 @@ class _AutoregressiveFlow(nnx.Module):
             transformer=self.transformer, output_init_scale=float(output_init_scale),
             param_dtype=self.param_dtype.name, residual=bool(residual), base=base,
             num_components=int(num_components) if base == "mog" else 1,
+            batch_norm=bool(batch_norm),
+        )
+        self.batch_norms = nnx.List(
+            [BatchNorm(dim, param_dtype=self.param_dtype) for _ in range(num_layers - 1)]
+            if batch_norm else []
         )
         self.base = base
         if base == "mog":  # the MAF paper's MAF MoG: a learnable mixture of diagonal Gaussians
@@ -190,6 +197,8 @@ class _AutoregressiveFlow(nnx.Module):
             layer = MaskedAutoregressive(conditioner, self.transformer, method=method, tol=tol)
             parts.append(distrax.Inverse(layer) if self.inverted else layer)
             if k < self.num_layers - 1:
+                if self.batch_norms:
+                    parts.append(self.batch_norms[k].bijector())
                 parts.append(Permute(self.permutations[k]))
         return parts[0] if len(parts) == 1 else distrax.Chain(parts[::-1])
 
@@ -382,6 +391,9 @@ class MAF(_AutoregressiveFlow):
       base: ``"gaussian"`` (standard normal) or ``"mog"`` (a learnable
         mixture of ``num_components`` diagonal Gaussians: MAF MoG).
       num_components: mixture components for ``base="mog"``.
+      batch_norm: a :class:`jaxmaf.BatchNorm` bijection between consecutive
+        layers (batch statistics in train mode, running averages after
+        ``flow.eval()``; :func:`jaxmaf.fit` updates them).
       output_init_scale: initial scale of each MADE's output kernel (0: the
         flow starts exactly at the identity).
       param_dtype: parameter dtype (float32; float64 under

@@ -89,13 +89,14 @@ def check_data(data: Any, dim: int, name: str = "data") -> np.ndarray:
     return arr
 
 
-def _loss(params, graphdef, x, c, w):
-    flow = nnx.merge(graphdef, params)
+def _loss(params, rest, graphdef, x, c, w):
+    """Weighted mean NLL, and the non-parameter state after the pass (batch-norm statistics)."""
+    flow = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables at this trace level
     lp = flow.log_prob(x, context=c)
-    return -jnp.sum(w * lp) / jnp.sum(w)
+    return -jnp.sum(w * lp) / jnp.sum(w), nnx.split(flow, nnx.Param, ...)[2]
 
 
-def _epoch_body(params, opt_state, key, data, context, graphdef, optimizer, batch_size,
+def _epoch_body(params, rest, opt_state, key, data, context, graphdef, optimizer, batch_size,
                 num_batches, batch_sharding):
     """One epoch: shuffle on device, scan over minibatches (the last one padded and weighted)."""
     key, sub = jax.random.split(key)
@@ -107,34 +108,39 @@ def _epoch_body(params, opt_state, key, data, context, graphdef, optimizer, batc
     idx = idx.reshape(num_batches, batch_size)
 
     def step(carry, batch):
-        params, opt_state = carry
+        params, rest, opt_state = carry
         bidx, w = batch
         x, c = data[bidx], None if context is None else context[bidx]
         if batch_sharding is not None:  # data parallel: each device takes a slice of the batch
             x, w = jax.lax.with_sharding_constraint((x, w), batch_sharding)
             c = None if c is None else jax.lax.with_sharding_constraint(c, batch_sharding)
-        loss, grads = jax.value_and_grad(_loss)(params, graphdef, x, c, w)
+        (loss, rest), grads = jax.value_and_grad(_loss, has_aux=True)(
+            params, rest, graphdef, x, c, w
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return (params, opt_state), loss * jnp.sum(w)
+        return (params, rest, opt_state), loss * jnp.sum(w)
 
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (idx, weights))
-    return params, opt_state, key, jnp.sum(losses) / n
+    (params, rest, opt_state), losses = jax.lax.scan(
+        step, (params, rest, opt_state), (idx, weights)
+    )
+    return params, rest, opt_state, key, jnp.sum(losses) / n
 
 
 _STATIC = ("graphdef", "optimizer", "batch_size", "num_batches", "batch_sharding")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _train_epoch(params, opt_state, key, data, context, *, graphdef, optimizer, batch_size,
-                 num_batches, batch_sharding=None):
-    return _epoch_body(params, opt_state, key, data, context, graphdef, optimizer, batch_size,
-                       num_batches, batch_sharding)
+def _train_epoch(params, rest, opt_state, key, data, context, *, graphdef, optimizer,
+                 batch_size, num_batches, batch_sharding=None):
+    return _epoch_body(params, rest, opt_state, key, data, context, graphdef, optimizer,
+                       batch_size, num_batches, batch_sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _eval_loss(params, data, context, *, graphdef):
-    return _loss(params, graphdef, data, context, jnp.ones(data.shape[0], data.dtype))
+def _eval_loss(params, rest, data, context, *, graphdef):
+    """Validation NLL; ``graphdef`` is the eval-mode one (batch norm uses running averages)."""
+    return _loss(params, rest, graphdef, data, context, jnp.ones(data.shape[0], data.dtype))[0]
 
 
 def _select(mask, new, old):
@@ -144,29 +150,30 @@ def _select(mask, new, old):
     )
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _ensemble_epoch(params, opt_state, keys, best_params, best_loss, active, data, context,
-                    val_data, val_context, *, graphdef, optimizer, batch_size, num_batches,
-                    batch_sharding=None):
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "eval_graphdef"))
+def _ensemble_epoch(params, rest, opt_state, keys, best, best_loss, active, data, context,
+                    val_data, val_context, *, graphdef, eval_graphdef, optimizer, batch_size,
+                    num_batches, batch_sharding=None):
     """One epoch of every member (vmapped), validation, and best-parameter bookkeeping."""
     body = functools.partial(_epoch_body, graphdef=graphdef, optimizer=optimizer,
                              batch_size=batch_size, num_batches=num_batches,
                              batch_sharding=batch_sharding)
-    new_params, new_opt, keys, train_loss = jax.vmap(body, in_axes=(0, 0, 0, None, None))(
-        params, opt_state, keys, data, context
-    )
+    new_params, new_rest, new_opt, keys, train_loss = jax.vmap(
+        body, in_axes=(0, 0, 0, 0, None, None)
+    )(params, rest, opt_state, keys, data, context)
     update = active & jnp.isfinite(train_loss)
-    params = _select(update, new_params, params)
-    opt_state = _select(update, new_opt, opt_state)
+    params, rest, opt_state = _select(update, (new_params, new_rest, new_opt),
+                                      (params, rest, opt_state))
     if val_data is None:
         loss = train_loss
     else:
-        loss = jax.vmap(lambda p: _eval_loss(p, val_data, val_context, graphdef=graphdef))(params)
+        loss = jax.vmap(lambda p, r: _eval_loss(p, r, val_data, val_context,
+                                                graphdef=eval_graphdef))(params, rest)
     val_loss = loss if val_data is not None else jnp.full_like(train_loss, jnp.nan)
     improved = update & jnp.isfinite(loss) & (loss < best_loss)
-    best_params = _select(improved, params, best_params)
+    best = _select(improved, (params, rest), best)
     best_loss = jnp.where(improved, loss, best_loss)
-    return params, opt_state, keys, best_params, best_loss, train_loss, val_loss
+    return params, rest, opt_state, keys, best, best_loss, train_loss, val_loss
 
 
 def fit(
@@ -244,20 +251,20 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the training state is).")
     optimizer = optimizer or _DEFAULT_OPTIMIZER
-    graphdef, params = nnx.split(flow, nnx.Param)
+    graphdef, eval_graphdef, params, rest = _split_modes(flow)
     opt_state = optimizer.init(params)
     key = jax.random.key(seed)
     history = History()
-    best_params, since_best, start_epoch = params, 0, 0
+    best, since_best, start_epoch = (params, rest), 0, 0
     fingerprint = dict(n=run.n, batch_size=run.batch_size, seed=seed, dim=flow.dim)
     ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, TRAIN_STATE)
     if resume and os.path.exists(ckpt):
-        params, opt_state, key, best_params, history, since_best, start_epoch = _load_state(
-            ckpt, params, opt_state, fingerprint
+        (params, rest), opt_state, key, best, history, since_best, start_epoch = _load_state(
+            ckpt, (params, rest), opt_state, fingerprint
         )
     if run.replicated is not None:
-        params, opt_state, best_params = jax.device_put((params, opt_state, best_params),
-                                                        run.replicated)
+        params, rest, opt_state, best = jax.device_put((params, rest, opt_state, best),
+                                                       run.replicated)
 
     bar = _progress_bar(num_epochs, start_epoch) if progress else None
     start = time.perf_counter() - history.wall_time
@@ -267,8 +274,8 @@ def fit(
                 history.stop_reason = "early_stopping"
                 break
             t0 = time.perf_counter()
-            new_params, new_opt_state, new_key, train_loss = _train_epoch(
-                params, opt_state, key, run.data, run.context, graphdef=graphdef,
+            new_params, new_rest, new_opt_state, new_key, train_loss = _train_epoch(
+                params, rest, opt_state, key, run.data, run.context, graphdef=graphdef,
                 optimizer=optimizer, batch_size=run.batch_size, num_batches=run.num_batches,
                 batch_sharding=run.batch_sharding,
             )
@@ -280,24 +287,25 @@ def fit(
                     f"parameters of epoch {history.best_epoch}.", RuntimeWarning, stacklevel=2,
                 )
                 break
-            params, opt_state, key = new_params, new_opt_state, new_key
+            params, rest, opt_state, key = new_params, new_rest, new_opt_state, new_key
             history.train_loss.append(train_loss)
             loss = train_loss
             if run.val_data is not None:
-                loss = float(_eval_loss(params, run.val_data, run.val_context, graphdef=graphdef))
+                loss = float(_eval_loss(params, rest, run.val_data, run.val_context,
+                                        graphdef=eval_graphdef))
                 history.val_loss.append(loss)
             history.epoch_time.append(time.perf_counter() - t0)
             if math.isfinite(loss) and loss < history.best_loss:
-                history.best_loss, history.best_epoch, best_params = loss, epoch, params
+                history.best_loss, history.best_epoch, best = loss, epoch, (params, rest)
                 since_best = 0
             else:
                 since_best += 1
             history.wall_time = time.perf_counter() - start
             if ckpt is not None:
-                _save_state(ckpt, params, opt_state, key, best_params, history, since_best,
+                _save_state(ckpt, (params, rest), opt_state, key, best, history, since_best,
                             epoch + 1, fingerprint)
                 if history.best_epoch == epoch:
-                    _save_best(checkpoint_dir, flow, best_params)
+                    _save_best(checkpoint_dir, flow, best)
             if bar is not None:
                 bar.update(1)
                 postfix = {"train": f"{train_loss:.4f}"}
@@ -310,7 +318,7 @@ def fit(
         if bar is not None:
             bar.close()
         if history.best_epoch >= 0:
-            nnx.update(flow, best_params)
+            nnx.update(flow, *best)
         history.wall_time = time.perf_counter() - start
     return history
 
@@ -378,34 +386,35 @@ def fit_ensemble(
     flows = [make_flow(nnx.Rngs(s)) for s in seeds]
     run = _prepare(flows[0], data, validation_data, context, validation_context, batch_size,
                    num_epochs, patience, devices)
-    splits = [nnx.split(f, nnx.Param) for f in flows]
-    graphdef = splits[0][0]
-    for i, (g, _) in enumerate(splits):
+    splits = [_split_modes(f) for f in flows]
+    graphdef, eval_graphdef = splits[0][:2]
+    for i, (g, *_) in enumerate(splits):
         if g != graphdef:
             raise ValueError(f"Ensemble member {i} (seed {seeds[i]}) differs in structure from "
                              "member 0 (e.g. random orders or masks); members must match.")
     stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
-    params = stack([p for _, p in splits])
+    params, rest = stack([p for *_, p, _ in splits]), stack([r for *_, r in splits])
     opt = _with_learning_rate_state(optimizer)
     opt_state = jax.vmap(opt.init)(params)
     opt_state.hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     m = len(seeds)
-    best_params, best_loss = params, jnp.full((m,), jnp.inf, jax.tree.leaves(params)[0].dtype)
+    best, best_loss = (params, rest), jnp.full((m,), jnp.inf, jax.tree.leaves(params)[0].dtype)
     active = np.ones(m, bool)
     histories = [History() for _ in seeds]
     since_best = np.zeros(m, int)
     if run.replicated is not None:
-        params, opt_state, best_params = jax.device_put((params, opt_state, best_params),
-                                                        run.replicated)
+        params, rest, opt_state, best = jax.device_put((params, rest, opt_state, best),
+                                                       run.replicated)
     bar = _progress_bar(num_epochs) if progress else None
     start = time.perf_counter()
     try:
         for epoch in range(num_epochs):
             t0 = time.perf_counter()
-            params, opt_state, keys, best_params, best_loss, tl, vl = _ensemble_epoch(
-                params, opt_state, keys, best_params, best_loss, jnp.asarray(active), run.data,
-                run.context, run.val_data, run.val_context, graphdef=graphdef, optimizer=opt,
+            params, rest, opt_state, keys, best, best_loss, tl, vl = _ensemble_epoch(
+                params, rest, opt_state, keys, best, best_loss, jnp.asarray(active), run.data,
+                run.context, run.val_data, run.val_context, graphdef=graphdef,
+                eval_graphdef=eval_graphdef, optimizer=opt,
                 batch_size=run.batch_size, num_batches=run.num_batches,
                 batch_sharding=run.batch_sharding,
             )
@@ -445,7 +454,7 @@ def fit_ensemble(
         for i, (flow, h) in enumerate(zip(flows, histories, strict=True)):
             h.wall_time = wall
             if h.best_epoch >= 0:
-                nnx.update(flow, jax.tree.map(lambda a, i=i: a[i], best_params))
+                nnx.update(flow, *jax.tree.map(lambda a, i=i: a[i], best))
     return flows, histories
 
 
@@ -456,6 +465,26 @@ def _with_learning_rate_state(optimizer: Callable[..., optax.GradientTransformat
     One object per factory, so the compiled ensemble program is reused across calls.
     """
     return optax.inject_hyperparams(optimizer)(learning_rate=1e-3)
+
+
+def _split_modes(flow):
+    """(train graphdef, eval graphdef, parameters, other state) of a flow; its mode is kept.
+
+    The two graph definitions differ only for flows with batch norm, which
+    trains on batch statistics and validates on running averages.
+    """
+    graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
+    modes = [bn.use_running_average for bn in getattr(flow, "batch_norms", ())]
+    flow.train()
+    train_graphdef = nnx.split(flow, nnx.Param, ...)[0]
+    flow.eval()
+    eval_graphdef = nnx.split(flow, nnx.Param, ...)[0]
+    for bn, mode in zip(getattr(flow, "batch_norms", ()), modes, strict=True):
+        bn.use_running_average = mode
+    if not modes:
+        flow.train()
+    del graphdef
+    return train_graphdef, eval_graphdef, params, rest
 
 
 @dataclasses.dataclass
@@ -557,12 +586,12 @@ def _load_state(path, params, opt_state, fingerprint):
             int(payload["next_epoch"]))
 
 
-def _save_best(checkpoint_dir, flow, best_params):
+def _save_best(checkpoint_dir, flow, best):
     from jaxmaf.checkpoint import save
 
-    graphdef, _, rest = nnx.split(flow, nnx.Param, ...)
+    graphdef = nnx.split(flow, nnx.Param, ...)[0]
     try:
-        save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, best_params, rest))
+        save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, *best))
     except ValueError:  # e.g. an activation given as a callable: the train state still has it
         pass
 

@@ -13,6 +13,16 @@ import jaxmaf
 
 CONTEXT_DIM = 3
 
+def batch_norm_maf(dim, num_layers, rngs, **kw):
+    """A MAF with batch norm between layers, in eval mode with non-trivial running statistics."""
+    flow = jaxmaf.MAF(dim, num_layers, (16,), batch_norm=True, rngs=rngs, **kw)
+    for i, bn in enumerate(flow.batch_norms):
+        bn.mean[...] = 0.3 * jnp.arange(dim, dtype=bn.mean.dtype) - i
+        bn.var[...] = 1.5 + 0.2 * jnp.arange(dim, dtype=bn.var.dtype)
+    flow.eval()
+    return flow
+
+
 # name -> (constructor(dim, num_layers, rngs), context_dim)
 FLOWS = {
     "maf": (functools.partial(jaxmaf.MAF, hidden_dims=(16, 16)), 0),
@@ -49,6 +59,7 @@ FLOWS = {
                           num_components=3),
         0,
     ),
+    "maf_batchnorm_eval": (batch_norm_maf, 0),
 }
 DIMS = (1, 2, 5, 11)
 

@@ -298,3 +298,30 @@ def test_circles_target_nll():
     test_nll = -float(flow.log_prob(data.test).mean())
     assert test_nll < 1.50, test_nll
     assert h.val_loss[h.best_epoch] == min(h.val_loss)
+
+
+def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
+    x, xv = gaussian_data(400, 11).astype(np.float64) * 3 + 5, gaussian_data(100, 12) * 3 + 5
+    flow = jaxmaf.MAF(2, 3, (16,), batch_norm=True, rngs=nnx.Rngs(0))
+    h = jaxmaf.fit(flow, x, validation_data=xv, optimizer=optax.adam(1e-2), batch_size=100,
+                   num_epochs=5, progress=False)
+    bn = flow.batch_norms[0]
+    assert not np.allclose(bn.mean[...], 0.0)  # running averages moved towards the data
+    assert not bn.use_running_average  # fit leaves the flow in the mode it found
+    flow.eval()
+    # validation used eval mode (running averages): the best epoch's value is reproduced
+    np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch],
+                               rtol=1e-9)
+    pts = jnp.asarray(xv[:6])
+    lp = flow.log_prob(pts)
+    bij = flow.bijector()
+
+    def one(v):
+        return bij.inverse(v), jaxmaf.dense_log_det(bij.inverse, v)
+
+    u, ld = jax.vmap(one)(pts)
+    np.testing.assert_allclose(lp, flow.base_log_prob(u) + ld, rtol=1e-10)
+    np.testing.assert_allclose(bij.forward(bij.inverse(pts)), pts, rtol=1e-10)
+    # train mode: batch statistics, so a point's density depends on its batch
+    flow.train()
+    assert not np.allclose(flow.log_prob(pts[:3]), flow.log_prob(pts)[:3])
