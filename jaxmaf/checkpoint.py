@@ -28,9 +28,9 @@ _CLASSES = {"MAF": MAF, "IAF": IAF}
 
 
 def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
-    """The module's parameters as ``{"layers/0/output/kernel": array, ...}``."""
+    """The module's state (parameters, batch statistics) as ``{"layers/0/hidden/0/bias": a}``."""
     out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(module))[0]:
         keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
         keys = [k for k in keys if k != "value"]
         out["/".join(keys)] = np.asarray(leaf)
@@ -38,12 +38,12 @@ def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def set_flat_params(module: nnx.Module, flat: dict[str, Any]) -> None:
-    """Writes parameters produced by :func:`flat_params` back into ``module``.
+    """Writes the state produced by :func:`flat_params` back into ``module``.
 
     Raises:
       ValueError: names, shapes or dtypes that do not match the module's.
     """
-    state = nnx.state(module, nnx.Param)
+    state = nnx.state(module)
     leaves, treedef = jax.tree.flatten(state)
     names = list(flat_params(module))
     if sorted(names) != sorted(flat):
@@ -103,6 +103,7 @@ def save(path: str | os.PathLike, flow: MAF | IAF) -> None:
         "config": json.dumps(config),
         "masks": {str(i): m for i, m in enumerate(_masks(flow))},
         "params": flat_params(flow),
+        "eval_mode": bool(flow.batch_norms and flow.batch_norms[0].use_running_average),
     }
     atomic_write(path, serialization.msgpack_serialize(payload))
 
@@ -114,8 +115,9 @@ def load(path: str | os.PathLike) -> MAF | IAF:
       path: the file.
 
     Returns:
-      a new flow with the saved configuration, masks and parameters (its
-      ``log_prob`` equals the saved flow's exactly).
+      a new flow with the saved configuration, masks, parameters and batch
+      statistics, in the saved train/eval mode (its ``log_prob`` equals the
+      saved flow's exactly).
 
     Raises:
       ValueError: not a jaxmaf flow file, or an unknown format version.
@@ -139,6 +141,8 @@ def load(path: str | os.PathLike) -> MAF | IAF:
             lin.mask = Constant(m["hidden"][str(i)])
         made.output.mask = Constant(m["output"])
     set_flat_params(flow, payload["params"])
+    if payload.get("eval_mode"):
+        flow.eval()
     return flow
 
 

@@ -201,6 +201,17 @@ def test_save_load_roundtrip_identical_log_prob(tmp_path, cls):
                                   flow.sample(jax.random.key(2), (4,), c[0]))
 
 
+def test_save_load_keeps_batch_norm_statistics_and_mode(tmp_path):
+    from conftest import batch_norm_maf
+
+    flow = batch_norm_maf(3, 3, nnx.Rngs(0))
+    jaxmaf.save(tmp_path / "bn.jaxmaf", flow)
+    loaded = jaxmaf.load(tmp_path / "bn.jaxmaf")
+    assert loaded.batch_norms[0].use_running_average
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
+
+
 def test_save_refuses_callable_activation_and_load_refuses_other_files(tmp_path):
     flow = jaxmaf.MAF(2, 1, (4,), activation=jnp.sin, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="activation was given as a callable"):
