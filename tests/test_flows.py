@@ -94,10 +94,10 @@ def test_gradients_reach_every_parameter(name):
     dim = 5
     flow = make_flow(name, dim)
     x, c = make_inputs(name, dim, n=16)
-    graphdef, params = nnx.split(flow, nnx.Param)
+    graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
 
     def loss(p):
-        return -nnx.merge(graphdef, p).log_prob(x, context=c).mean()
+        return -nnx.merge(graphdef, p, rest).log_prob(x, context=c).mean()
 
     grads = jax.grad(loss)(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
