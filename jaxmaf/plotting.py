@@ -7,13 +7,10 @@ from collections.abc import Callable
 import distrax
 import jax
 import jax.numpy as jnp
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxmaf.training import History  # noqa: E402
+from jaxmaf.training import History
 
 
 def density_on_grid(log_prob: Callable[[jax.Array], jax.Array], lim: float = 2.5,
@@ -83,14 +80,17 @@ def pushforward_stages(bijector: distrax.Bijector, u: jax.Array) -> list[tuple[s
     return stages
 
 
-def save(fig, path: str) -> None:
-    """Saves and closes a figure."""
+def save(fig: Figure, path: str) -> None:
+    """Saves a figure as PNG."""
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
-def subplots(nrows: int, ncols: int, size: float = 3.2):
-    """``plt.subplots`` with square panels of ``size`` inches; always a 2-D array of axes."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
-    return fig, axes
+def subplots(nrows: int, ncols: int, size: float = 3.2) -> tuple[Figure, np.ndarray]:
+    """A figure with square panels of ``size`` inches and a 2-D array of its axes.
+
+    Uses :class:`matplotlib.figure.Figure` directly (no pyplot, no global
+    backend switch), so it works headless and inside notebooks alike.
+    """
+    fig = Figure(figsize=(size * ncols, size * nrows))
+    return fig, np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
