@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmaf.made import check_event, default_dtype
 from jaxmaf.masks import check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
 
@@ -219,10 +220,7 @@ class Permute(distrax.Bijector):
         return np.asarray(self._perm)
 
     def _apply(self, x: Array, index: tuple[int, ...]) -> Array:
-        if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != len(index):
-            raise ValueError(
-                f"Permute expects inputs of shape (..., {len(index)}), got {jnp.shape(x)}."
-            )
+        check_event(x, len(index), "Permute input")
         if index == tuple(range(len(index))[::-1]):
             return jnp.flip(x, axis=-1)
         return jnp.take(x, np.asarray(index), axis=-1)
@@ -279,7 +277,7 @@ class BatchNorm(nnx.Module):
                  param_dtype: jnp.dtype | None = None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Expected 0 <= momentum < 1, got {momentum}.")
-        dtype = param_dtype or jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+        dtype = param_dtype or default_dtype()
         self.dim, self.momentum, self.eps = dim, float(momentum), float(eps)
         self.use_running_average = False
         self.log_gamma = nnx.Param(jnp.zeros((dim,), dtype))
@@ -317,20 +315,15 @@ class _BatchNormBijector(distrax.Bijector):
         return log_scale, bn.beta[...], m
 
     def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
-        check_width(y, self._module.dim)
+        check_event(y, self._module.dim, "BatchNorm input")
         log_scale, beta, m = self._affine(*self._module.statistics(y))
         u = (y - m) * jnp.exp(log_scale) + beta
         return u, jnp.broadcast_to(jnp.sum(log_scale), u.shape[:-1])
 
     def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
-        check_width(x, self._module.dim)
+        check_event(x, self._module.dim, "BatchNorm input")
         bn = self._module
         log_scale, beta, m = self._affine(bn.mean[...], bn.var[...])
         y = (x - beta) * jnp.exp(-log_scale) + m
         return y, jnp.broadcast_to(-jnp.sum(log_scale), y.shape[:-1])
 
-
-def check_width(x: Array, dim: int) -> None:
-    """Raises ValueError unless ``x`` has shape ``(..., dim)``."""
-    if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != dim:
-        raise ValueError(f"Expected inputs of shape (..., {dim}), got {jnp.shape(x)}.")

@@ -473,17 +473,14 @@ def _split_modes(flow):
     The two graph definitions differ only for flows with batch norm, which
     trains on batch statistics and validates on running averages.
     """
-    graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
-    modes = [bn.use_running_average for bn in getattr(flow, "batch_norms", ())]
-    flow.train()
-    train_graphdef = nnx.split(flow, nnx.Param, ...)[0]
+    batch_norms = list(getattr(flow, "batch_norms", ()))
+    modes = [bn.use_running_average for bn in batch_norms]
     flow.eval()
     eval_graphdef = nnx.split(flow, nnx.Param, ...)[0]
-    for bn, mode in zip(getattr(flow, "batch_norms", ()), modes, strict=True):
+    flow.train()
+    train_graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
+    for bn, mode in zip(batch_norms, modes, strict=True):
         bn.use_running_average = mode
-    if not modes:
-        flow.train()
-    del graphdef
     return train_graphdef, eval_graphdef, params, rest
 
 

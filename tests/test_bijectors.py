@@ -65,7 +65,8 @@ def test_permute():
     np.testing.assert_array_equal(jaxmaf.Permute([1, 0]).forward(jnp.array([1.0, 2.0])), [2.0, 1.0])
     with pytest.raises(ValueError, match="permutation of 0..2"):
         jaxmaf.Permute([0, 0, 1])
-    with pytest.raises(ValueError, match=r"\(\.\.\., 3\), got \(2, 4\)"):
+    with pytest.raises(ValueError,
+                       match=r"Permute input of shape \(\.\.\., 3\), got shape \(2, 4\)"):
         p.forward(jnp.zeros((2, 4)))
 
 
