@@ -131,11 +131,10 @@ class MaskedAutoregressive(distrax.Bijector):
         Exact method: D - 1 passes inside the loop, the last one outside it to
         read the log-scales that produced the final ``y`` (no extra pass).
         """
+        x, y = self._sequential_start(x)
         if self._method == "jacobi":
-            y, _ = self.forward_jacobi(x, self._tol)
-            x, _ = self._sequential_start(x)
+            y, _ = self._jacobi(x, y, self._tol)
         else:
-            x, y = self._sequential_start(x)
             y = jax.lax.fori_loop(0, x.shape[-1] - 1, self._sequential_step(x), y)
         y, log_d = self._transformer.forward_and_log_det(x, self._params(y))
         return y, jnp.sum(log_d, axis=-1)
@@ -158,7 +157,9 @@ class MaskedAutoregressive(distrax.Bijector):
           ``(y, iterations)``: ``y`` of shape ``(..., D)`` and the number of
           conditioner passes used (an int32 scalar).
         """
-        x, y = self._sequential_start(x)
+        return self._jacobi(*self._sequential_start(x), tol)
+
+    def _jacobi(self, x: Array, y: Array, tol: float) -> tuple[Array, Array]:
         step = self._sequential_step(x)
         dim = x.shape[-1]
 

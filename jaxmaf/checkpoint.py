@@ -27,14 +27,19 @@ VERSION = 1
 _CLASSES = {"MAF": MAF, "IAF": IAF}
 
 
+def _named_leaves(module: nnx.Module):
+    """``([(name, leaf)], treedef)`` of the module's whole state, names like ``layers/0/...``."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(nnx.state(module))
+    named = []
+    for path, leaf in with_path:
+        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        named.append(("/".join(k for k in keys if k != "value"), leaf))
+    return named, treedef
+
+
 def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
     """The module's state (parameters, batch statistics) as ``{"layers/0/hidden/0/bias": a}``."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(module))[0]:
-        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-        keys = [k for k in keys if k != "value"]
-        out["/".join(keys)] = np.asarray(leaf)
-    return out
+    return {name: np.asarray(leaf) for name, leaf in _named_leaves(module)[0]}
 
 
 def set_flat_params(module: nnx.Module, flat: dict[str, Any]) -> None:
@@ -43,15 +48,14 @@ def set_flat_params(module: nnx.Module, flat: dict[str, Any]) -> None:
     Raises:
       ValueError: names, shapes or dtypes that do not match the module's.
     """
-    state = nnx.state(module)
-    leaves, treedef = jax.tree.flatten(state)
-    names = list(flat_params(module))
+    named, treedef = _named_leaves(module)
+    names = [name for name, _ in named]
     if sorted(names) != sorted(flat):
         raise ValueError(
             f"Parameter names do not match: expected {sorted(names)}, got {sorted(flat)}."
         )
     new = []
-    for name, leaf in zip(names, leaves, strict=True):
+    for name, leaf in named:
         arr = np.asarray(flat[name])
         if arr.shape != leaf.shape or arr.dtype != leaf.dtype:
             raise ValueError(
