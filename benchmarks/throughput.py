@@ -1,8 +1,10 @@
 """Throughput of jaxmaf against flowjax, TFP's JAX substrate, and an unmasked-MLP floor.
 
 Same architecture and work in one process, every function driven by plain
-``jax.jit`` (warm-up, ``block_until_ready``, medians of repeats; compile time
-separately):
+``jax.jit`` (warm-up, ``block_until_ready``, compile time separately). The
+implementations take turns in every round of repeats, so slow drifts of the
+machine fall on all of them; a ratio is the median over rounds of the
+per-round ratio, printed with its quartiles:
   - train step (NLL, gradient, Adam update) on one batch;
   - ``log_prob`` of 10k points;
   - sampling 10k points (the sequential direction: D MADE passes per layer);
@@ -43,18 +45,28 @@ LR = 1e-3
 OFFSET = _inverse_softplus(1.0 - 1e-3)
 
 
-def bench(fn, *args, repeats):
-    """(compile seconds, median seconds, min, max) of a jitted call."""
+def compile_fn(fn, *args):
+    """(compiled function, compile seconds), after one discarded warm-up call."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))
-    times = []
+    return compiled, compile_s
+
+
+def time_interleaved(calls, repeats):
+    """Per-name lists of wall-clock seconds, the implementations taking turns each repeat.
+
+    Interleaving spreads slow drifts of the machine (other load, clocks, caches)
+    over every implementation instead of charging them to whichever ran then.
+    """
+    times = {name: [] for name in calls}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), min(times), max(times)
+        for name, (compiled, args) in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def adam_step(loss):
@@ -192,7 +204,7 @@ IMPLS = {"floor": floor_impl, "jaxmaf": jaxmaf_impl, "flowjax": flowjax_impl,
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/out/throughput")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--sample-repeats", type=int, default=3)
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--workloads", default="D2,D64")
@@ -208,7 +220,8 @@ def main(argv=None):
     # one discarded pass keeps that off whichever implementation comes first.
     w0 = WORKLOADS[args.workloads.split(",")[0]]
     p0, lp0, _ = floor_impl(w0)
-    bench(lp0, p0, jnp.zeros((N_EVAL, w0["dim"]), jnp.float32), repeats=args.repeats)
+    compiled0, _ = compile_fn(lp0, p0, jnp.zeros((N_EVAL, w0["dim"]), jnp.float32))
+    time_interleaved({"warm-up": (compiled0, (p0, jnp.zeros((N_EVAL, w0["dim"]))))}, 3)
     for wname in args.workloads.split(","):
         w = WORKLOADS[wname]
         print(f"\n== {wname}: D={w['dim']}, {w['layers']} layers, MADE {w['hidden']}, "
@@ -216,6 +229,9 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         x_batch = jnp.asarray(rng.normal(size=(w["batch"], w["dim"])), jnp.float32)
         x_eval = jnp.asarray(rng.normal(size=(N_EVAL, w["dim"])), jnp.float32)
+        tasks: dict[str, dict] = {"train_step": {}, "log_prob_10k": {}}
+        if not args.skip_sampling:
+            tasks["sample_10k"] = {}
         for name, impl in IMPLS.items():
             try:
                 params, log_prob, sample = impl(w)
@@ -223,33 +239,48 @@ def main(argv=None):
                 print(f"{name}: skipped ({e})")
                 continue
             opt, step = adam_step(lambda p, x, lp=log_prob: -jnp.mean(lp(p, x)))
-            opt_state = opt.init(params)
-            tasks = [("train_step", step, (params, opt_state, x_batch), args.repeats),
-                     ("log_prob_10k", log_prob, (params, x_eval), args.repeats)]
-            if not args.skip_sampling:
-                tasks.append(("sample_10k", sample, (params, jax.random.key(1)),
-                              args.sample_repeats))
-            for task, fn, fargs, reps in tasks:
-                c, med, lo, hi = bench(fn, *fargs, repeats=reps)
+            fns = {"train_step": (step, (params, opt.init(params), x_batch)),
+                   "log_prob_10k": (log_prob, (params, x_eval)),
+                   "sample_10k": (sample, (params, jax.random.key(1)))}
+            for task in tasks:
+                fn, fargs = fns[task]
+                compiled, compile_s = compile_fn(fn, *fargs)
+                tasks[task][name] = (compiled, fargs, compile_s)
+        for task, calls in tasks.items():
+            reps = args.sample_repeats if task == "sample_10k" else args.repeats
+            times = time_interleaved({n: c[:2] for n, c in calls.items()}, reps)
+            for name, ts in times.items():
+                med, lo, hi = statistics.median(ts), min(ts), max(ts)
+                c = calls[name][2]
                 rows.append(dict(workload=wname, impl=name, task=task, median_ms=1e3 * med,
-                                 min_ms=1e3 * lo, max_ms=1e3 * hi, compile_ms=1e3 * c))
+                                 min_ms=1e3 * lo, max_ms=1e3 * hi, compile_ms=1e3 * c,
+                                 times_ms=[1e3 * t for t in ts]))
                 print(f"{name:<8} {task:<13} median {1e3 * med:10.2f} ms (min {1e3 * lo:.2f}, "
                       f"max {1e3 * hi:.2f}); compile {1e3 * c:7.0f} ms", flush=True)
-    ratios = {}
-    print("\nratios (jaxmaf / other; < 1 means jaxmaf is faster):")
+    ratios, spreads = {}, {}
+    print("\nratios (jaxmaf / other; < 1 means jaxmaf is faster): median over the interleaved "
+          "rounds of the per-round ratio [quartiles]")
     for wname in args.workloads.split(","):
         for task in ("train_step", "log_prob_10k", "sample_10k", "compile"):
-            key = "median_ms" if task != "compile" else "compile_ms"
-            sel = [r for r in rows if r["workload"] == wname and
-                   (r["task"] == task or (task == "compile" and r["task"] == "train_step"))]
-            ours = [r[key] for r in sel if r["impl"] == "jaxmaf"]
-            if not ours:
+            sel = {r["impl"]: r for r in rows if r["workload"] == wname and
+                   r["task"] == ("train_step" if task == "compile" else task)}
+            if "jaxmaf" not in sel:
                 continue
-            for r in sel:
-                if r["impl"] != "jaxmaf":
-                    ratios[f"{wname}/{task}/jaxmaf_over_{r['impl']}"] = ours[0] / r[key]
-                    print(f"  {wname:<4} {task:<13} jaxmaf/{r['impl']:<8} {ours[0] / r[key]:6.2f}")
-    result = dict(rows=rows, ratios=ratios, backend=jax.default_backend(),
+            ours = sel["jaxmaf"]
+            for name, r in sel.items():
+                if name == "jaxmaf":
+                    continue
+                key = f"{wname}/{task}/jaxmaf_over_{name}"
+                if task == "compile":
+                    ratios[key] = ours["compile_ms"] / r["compile_ms"]
+                    print(f"  {wname:<4} {task:<13} jaxmaf/{name:<8} {ratios[key]:6.2f}")
+                    continue
+                paired = [a / b for a, b in zip(ours["times_ms"], r["times_ms"], strict=True)]
+                q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+                ratios[key], spreads[key] = statistics.median(paired), [q1, q3]
+                print(f"  {wname:<4} {task:<13} jaxmaf/{name:<8} {ratios[key]:6.2f} "
+                      f"[{q1:.2f}, {q3:.2f}]")
+    result = dict(rows=rows, ratios=ratios, ratio_quartiles=spreads, backend=jax.default_backend(),
                   device=jax.devices()[0].device_kind,
                   versions=dict(jax=jax.__version__, jaxmaf=jaxmaf.__version__,
                                 python=platform.python_version()))

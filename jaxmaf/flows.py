@@ -24,6 +24,22 @@ PERMUTATIONS = ("reverse", "random", "none")
 BASES = ("gaussian", "mog")
 
 
+def _map_chunks(fn: Callable[..., Array], arrays: Sequence[Array], chunk: int) -> Array:
+    """``fn(*arrays)`` computed ``chunk`` rows at a time (``lax.map``); rows are axis 0.
+
+    The last chunk is padded with zeros, and the padded rows are dropped from
+    the result (every row is computed independently of the others).
+    """
+    n = arrays[0].shape[0]
+    pad = (-n) % chunk
+    blocks = [
+        jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((-1, chunk) + a.shape[1:])
+        for a in arrays
+    ]
+    out = jax.lax.map(lambda args: fn(*args), blocks)
+    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
+
+
 def standard_normal_log_prob(u: Array) -> Array:
     """Log-density of a standard normal over the last axis: ``(..., D) -> (...)``."""
     dim = u.shape[-1]
@@ -243,9 +259,82 @@ class _AutoregressiveFlow(nnx.Module):
         """
         return distrax.Transformed(self.base_distribution(), self.bijector(context))
 
+    # ------------------------------------------------------------------ chunking
+    def chunk_rows(self, chunk_size: int | None, rows: int) -> int | None:
+        """Validates ``chunk_size`` for a batch of ``rows`` points; None means run whole.
+
+        Evaluating a batch ``chunk_size`` points at a time (``lax.map``) bounds
+        the memory of the MADE activations by the chunk instead of the batch
+        (a 64-d flow with 512-wide MADEs holds 2 KiB per point and hidden
+        layer in float32: 2 GiB for a million points). Every point is
+        computed independently, so the result equals the whole-batch one up
+        to floating-point rounding. Speed on a 2-core CPU, 10k points: no
+        measurable change (235 ms either way, interleaved medians).
+
+        Args:
+          chunk_size: points per chunk (>= 1), or None for the whole batch.
+          rows: number of points in the batch.
+
+        Returns:
+          the points per chunk, or None when the batch fits in one chunk.
+
+        Raises:
+          ValueError: ``chunk_size`` neither None nor an int >= 1; a chunk
+            size on a flow whose batch norm is in train mode (its statistics
+            are over the whole batch: call ``flow.eval()`` first).
+
+        Example:
+          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
+          >>> flow.chunk_rows(1024, 10_000), flow.chunk_rows(1024, 500)
+          (1024, None)
+        """
+        if chunk_size is None:
+            return None
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or (
+            chunk_size < 1
+        ):
+            raise ValueError(f"Expected chunk_size None or an int >= 1, got {chunk_size!r}.")
+        if any(not bn.use_running_average for bn in self.batch_norms):
+            raise ValueError(
+                "chunk_size splits the batch, but this flow's batch norm is in train mode "
+                "(statistics over the whole batch): call flow.eval() first or pass "
+                "chunk_size=None."
+            )
+        return int(chunk_size) if rows > chunk_size else None
+
+    def _chunked(
+        self,
+        fn: Callable[..., Array],
+        x: Array,
+        context: Array | None,
+        chunk_size: int | None,
+    ):
+        """``fn(x, context)`` over the batch axes of ``x (..., D)``, chunked per ``chunk_rows``."""
+        batch = x.shape[:-1]
+        if context is not None:
+            batch = jnp.broadcast_shapes(batch, jnp.shape(context)[:-1])
+        chunk = self.chunk_rows(chunk_size, math.prod(batch))
+        if chunk is None:
+            return fn(x, context)
+        flat = [jnp.broadcast_to(x, batch + x.shape[-1:]).reshape(-1, x.shape[-1])]
+        if context is not None:
+            width = jnp.shape(context)[-1]
+            flat.append(jnp.broadcast_to(context, batch + (width,)).reshape(-1, width))
+        if context is None:
+            out = _map_chunks(lambda x: fn(x, None), flat, chunk)
+        else:
+            out = _map_chunks(fn, flat, chunk)
+        return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+
     # ------------------------------------------------------------------ density
     def log_prob(
-        self, x: Array, context: Array | None = None, *, method: str = "exact", tol: float = 0.0
+        self,
+        x: Array,
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        chunk_size: int | None = None,
     ) -> Array:
         """Log-density of ``x``.
 
@@ -256,13 +345,15 @@ class _AutoregressiveFlow(nnx.Module):
           method: for an IAF (sequential density), ``"exact"`` or
             ``"jacobi"``; a MAF's density is one pass either way.
           tol: Jacobi stopping threshold.
+          chunk_size: evaluate the batch this many points at a time, which
+            bounds memory (see :meth:`chunk_rows`); None: all at once.
 
         Returns:
           log-densities of shape ``broadcast(...)``.
 
         Raises:
           ValueError: wrong event dimension of ``x``; context missing,
-            unexpected, or of the wrong width.
+            unexpected, or of the wrong width; a bad ``chunk_size``.
 
         Example:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
@@ -270,8 +361,13 @@ class _AutoregressiveFlow(nnx.Module):
           (10,)
         """
         check_event(x, self.dim, "x")
-        u, log_det = self.bijector(context, method=method, tol=tol).inverse_and_log_det(x)
-        return self.base_log_prob(u) + log_det
+        check_context(context, self.context_dim)
+
+        def log_prob(x, context):
+            u, log_det = self.bijector(context, method=method, tol=tol).inverse_and_log_det(x)
+            return self.base_log_prob(u) + log_det
+
+        return self._chunked(log_prob, x, context, chunk_size)
 
     def sample(
         self,
@@ -282,6 +378,7 @@ class _AutoregressiveFlow(nnx.Module):
         method: str = "exact",
         tol: float = 0.0,
         return_iterations: bool = False,
+        chunk_size: int | None = None,
     ) -> Array | tuple[Array, Array]:
         """Draws samples.
 
@@ -295,7 +392,11 @@ class _AutoregressiveFlow(nnx.Module):
             gives the exact samples). An IAF samples in one pass either way.
           tol: Jacobi stopping threshold (>= 0).
           return_iterations: also return the conditioner passes used by each
-            layer, an int array ``(num_layers,)`` (base side first).
+            layer, an int array ``(num_layers,)`` (base side first; with
+            chunking, the most any chunk used).
+          chunk_size: transform the noise this many points at a time, which
+            bounds memory (see :meth:`chunk_rows`); the noise is drawn for
+            the whole batch first, so the samples do not depend on it.
 
         Returns:
           samples of shape ``sample_shape + context.shape[:-1] + (dim,)``
@@ -303,7 +404,7 @@ class _AutoregressiveFlow(nnx.Module):
 
         Raises:
           ValueError: context missing, unexpected, or of the wrong width;
-            unknown method.
+            unknown method; a bad ``chunk_size``.
 
         Example:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
@@ -314,9 +415,24 @@ class _AutoregressiveFlow(nnx.Module):
         if method not in SEQUENTIAL_METHODS:
             raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
         u = self._base_noise(key, sample_shape, context)
-        bijector = self.bijector(context, method=method, tol=tol)
         if not return_iterations:
-            return bijector.forward(u)
+            return self._chunked(
+                lambda u, c: self.bijector(c, method=method, tol=tol).forward(u),
+                u, context, chunk_size,
+            )
+
+        def with_iterations(u, context):  # the iterations repeated per row, to chunk alike
+            x, iterations = self._forward_counting(u, context, method, tol)
+            return x, jnp.broadcast_to(iterations, u.shape[:-1] + iterations.shape)
+
+        x, iterations = self._chunked(with_iterations, u, context, chunk_size)
+        return x, iterations.reshape(-1, iterations.shape[-1]).max(axis=0)
+
+    def _forward_counting(
+        self, u: Array, context: Array | None, method: str, tol: float
+    ) -> tuple[Array, Array]:
+        """Sampling-direction map and the conditioner passes of each layer (base side first)."""
+        bijector = self.bijector(context, method=method, tol=tol)
         parts = bijector.bijectors[::-1] if isinstance(bijector, distrax.Chain) else [bijector]
         iterations = []
         for part in parts:
@@ -333,7 +449,12 @@ class _AutoregressiveFlow(nnx.Module):
         return u, jnp.stack(iterations)
 
     def sample_and_log_prob(
-        self, key: Array, sample_shape: Sequence[int] | int = (), context: Array | None = None
+        self,
+        key: Array,
+        sample_shape: Sequence[int] | int = (),
+        context: Array | None = None,
+        *,
+        chunk_size: int | None = None,
     ) -> tuple[Array, Array]:
         """Samples and their log-densities in the sampling direction only.
 
@@ -344,17 +465,23 @@ class _AutoregressiveFlow(nnx.Module):
           key: a JAX PRNG key.
           sample_shape: leading shape of the samples.
           context: ``(..., context_dim)`` for a conditional flow, else None.
+          chunk_size: as in :meth:`sample`.
 
         Returns:
           ``(samples, log_probs)`` of shapes ``S + (dim,)`` and ``S`` with
           ``S = sample_shape + context.shape[:-1]``.
 
         Raises:
-          ValueError: context missing, unexpected, or of the wrong width.
+          ValueError: context missing, unexpected, or of the wrong width; a
+            bad ``chunk_size``.
         """
         u = self._base_noise(key, sample_shape, context)
-        x, log_det = self.bijector(context).forward_and_log_det(u)
-        return x, self.base_log_prob(u) - log_det
+
+        def sample_and_log_prob(u, context):
+            x, log_det = self.bijector(context).forward_and_log_det(u)
+            return x, self.base_log_prob(u) - log_det
+
+        return self._chunked(sample_and_log_prob, u, context, chunk_size)
 
     def _base_noise(self, key: Array, sample_shape: Sequence[int] | int, context: Array | None):
         check_context(context, self.context_dim)
