@@ -31,7 +31,12 @@ class MaskedAutoregressive(distrax.Bijector):
     - ``forward`` / ``forward_and_log_det`` (sampling direction): D sequential
       conditioner passes inside ``lax.fori_loop``, so the traced program does
       not grow with D. After pass k the first k dimensions of the order are
-      exact, so after D passes all are, whatever the order.
+      exact, so after D passes all are, whatever the order. When the
+      conditioner is a MADE (it has ``params_at(x, index)`` and input
+      ``degrees``), pass k computes only dimension k's parameters and value:
+      the MADE's output layer shrinks from ``D * P`` to ``P`` columns (17%
+      less time for a 64-d affine MAF with 512-wide MADEs, 5.8x less with
+      8-bin splines, measured on CPU).
 
     ``forward`` and ``inverse`` skip the log-det work. The bijector holds no
     parameters: wrap it in :class:`distrax.Inverse` for an IAF layer (one-pass
@@ -40,9 +45,11 @@ class MaskedAutoregressive(distrax.Bijector):
     Args:
       conditioner: callable ``(..., D) -> (..., D, P)`` with the autoregressive
         property (output ``i`` depends only on inputs before ``i`` in some
-        order), e.g. a :class:`jaxmaf.MADE` or ``functools.partial(made,
-        context=c)``. Its output batch shape may be larger than the input's
-        (a batch of contexts): outputs broadcast.
+        order), e.g. a :class:`jaxmaf.MADE` or ``made.bind(context)``. Its
+        output batch shape may be larger than the input's (a batch of
+        contexts): outputs broadcast. Optionally it also has
+        ``params_at(x, index) -> (..., P)`` (one dimension's parameters) and
+        ``degrees`` (``(D,)``, the order), which the exact sampling pass uses.
       transformer: ``"affine"``, ``"spline"`` or a transformer instance with
         ``num_params == P``.
       method: how the sequential (sampling) direction is computed:
@@ -160,7 +167,7 @@ class MaskedAutoregressive(distrax.Bijector):
         return self._jacobi(*self._sequential_start(x), tol)
 
     def _jacobi(self, x: Array, y: Array, tol: float) -> tuple[Array, Array]:
-        step = self._sequential_step(x)
+        step = self._full_step(x)
         dim = x.shape[-1]
 
         def cond(state):
@@ -184,9 +191,38 @@ class MaskedAutoregressive(distrax.Bijector):
         x = jnp.broadcast_to(x, shape)
         return x, jnp.zeros(shape, jnp.result_type(x, out.dtype))
 
-    def _sequential_step(self, x: Array) -> Callable[[int, Array], Array]:
+    def _full_step(self, x: Array) -> Callable[[int, Array], Array]:
+        """One pass updating every dimension: ``y <- tau(x; conditioner(y))``."""
+
         def step(_, y):
             return self._transformer.forward(x, self._conditioner(y)).astype(y.dtype)
+
+        return step
+
+    def _sequential_step(self, x: Array) -> Callable[[int, Array], Array]:
+        """Pass ``i`` of the exact method: dimension ``i`` of the order becomes exact.
+
+        With a conditioner that has ``params_at`` and ``degrees`` (a MADE),
+        only that dimension's parameters and value are computed; otherwise
+        every dimension is recomputed (a :meth:`_full_step`), which gives the
+        same values.
+        """
+        params_at = getattr(self._conditioner, "params_at", None)
+        degrees = getattr(self._conditioner, "degrees", None)
+        if params_at is None or degrees is None:
+            return self._full_step(x)
+        order = np.argsort(np.asarray(getattr(degrees, "array", degrees)), kind="stable")
+        if order.shape != x.shape[-1:]:
+            raise ValueError(
+                f"Expected conditioner degrees of shape ({x.shape[-1]},), got {order.shape}."
+            )
+
+        def step(i, y):
+            d = jnp.asarray(order, jnp.int32)[i]
+            params = params_at(y, d)[..., None, :]
+            x_d = jax.lax.dynamic_slice_in_dim(x, d, 1, axis=-1)
+            y_d = self._transformer.forward(x_d, params).astype(y.dtype)
+            return jax.lax.dynamic_update_slice_in_dim(y, y_d, d, axis=-1)
 
         return step
 

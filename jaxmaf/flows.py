@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -209,7 +208,7 @@ class _AutoregressiveFlow(nnx.Module):
         check_context(context, self.context_dim)
         parts: list[distrax.Bijector] = []
         for k, made in enumerate(self.layers):
-            conditioner = made if context is None else functools.partial(made, context=context)
+            conditioner = made if context is None else made.bind(context)
             layer = MaskedAutoregressive(conditioner, self.transformer, method=method, tol=tol)
             parts.append(distrax.Inverse(layer) if self.inverted else layer)
             if k < self.num_layers - 1:

@@ -147,6 +147,24 @@ class MaskedLinear(nnx.Module):
             y = y + self.bias[...]
         return y
 
+    def columns(self, x: Array, start: Array | int, size: int) -> Array:
+        """Outputs ``start .. start + size - 1`` alone: ``self(x)[..., start:start + size]``.
+
+        Args:
+          x: inputs ``(..., in)``.
+          start: first output column (may be traced).
+          size: number of columns (static).
+
+        Returns:
+          ``(..., size)``, computed from those columns of the kernel only.
+        """
+        kernel = jax.lax.dynamic_slice_in_dim(self.kernel[...], start, size, axis=1)
+        mask = jax.lax.dynamic_slice_in_dim(jnp.asarray(self.mask.array), start, size, axis=1)
+        y = x @ (kernel * mask.astype(kernel.dtype))
+        if self.bias is not None:
+            y = y + jax.lax.dynamic_slice_in_dim(self.bias[...], start, size)
+        return y
+
 
 class MADE(nnx.Module):
     """Masked autoencoder for distribution estimation (Germain et al. 2015).
@@ -271,16 +289,79 @@ class MADE(nnx.Module):
         """
         check_event(x, self.dim, "x")
         check_context(context, self.context_dim)
-        layers = [*self.hidden, self.output]
-        h = layers[0](x)
+        out = self.output(self._features(x, context))
+        if not self.hidden and self.context_proj is not None:
+            out = out + self.context_proj(context)
+        return out.reshape(out.shape[:-1] + (self.dim, self.params_per_dim))
+
+    def params_at(self, x: Array, index: Array | int, context: Array | None = None) -> Array:
+        """The parameters of dimension ``index`` alone: ``self(x, context)[..., index, :]``.
+
+        The hidden layers run in full; the output layer computes only the
+        ``params_per_dim`` columns of that dimension. The exact sequential
+        pass of :class:`jaxmaf.MaskedAutoregressive` determines one dimension
+        per pass and calls this instead of the whole MADE.
+
+        Args:
+          x: inputs ``(..., dim)``.
+          index: the dimension (an int or a traced int32 scalar).
+          context: as in :meth:`__call__`.
+
+        Returns:
+          ``(..., params_per_dim)``.
+
+        Example:
+          >>> made = MADE(3, (16,), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
+          >>> x = jnp.ones((5, 3))
+          >>> bool(jnp.allclose(made.params_at(x, 2), made(x)[:, 2]))
+          True
+        """
+        p = self.params_per_dim
+        start = index * p
+        out = self.output.columns(self._features(x, context), start, p)
+        if not self.hidden and self.context_proj is not None:
+            kernel = jax.lax.dynamic_slice_in_dim(self.context_proj.kernel[...], start, p, axis=1)
+            out = out + context @ kernel
+        return out
+
+    def bind(self, context: Array | None) -> BoundMADE:
+        """Fixes the context: returns a conditioner of ``x`` alone (a :class:`BoundMADE`)."""
+        return BoundMADE(self, context)
+
+    def _features(self, x: Array, context: Array | None) -> Array:
+        """The output layer's input: the last hidden activation (``x`` without hidden layers)."""
+        if not self.hidden:
+            return x
+        h = self.hidden[0](x)
         if self.context_proj is not None:
             h = h + self.context_proj(context)
-        for layer in layers[1:]:
-            if self.residual and layer is not self.output:  # pre-activation residual block
+        for layer in self.hidden[1:]:
+            if self.residual:  # pre-activation residual block
                 h = h + layer(self.activation_fn(h))
             else:
                 h = layer(self.activation_fn(h))
-        return h.reshape(h.shape[:-1] + (self.dim, self.params_per_dim))
+        return self.activation_fn(h)
+
+
+class BoundMADE:
+    """A :class:`MADE` with its context bound: ``conditioner(x) = made(x, context)``.
+
+    Keeps :meth:`MADE.params_at` and the input ``degrees`` visible to
+    :class:`jaxmaf.MaskedAutoregressive` (a ``functools.partial`` would hide
+    them), so the exact sequential pass can compute one dimension per pass.
+    """
+
+    def __init__(self, made: MADE, context: Array | None):
+        self.made, self.context = made, context
+        self.degrees = made.degrees
+
+    def __call__(self, x: Array) -> Array:
+        """``made(x, context)``: ``(..., dim) -> (..., dim, params_per_dim)``."""
+        return self.made(x, self.context)
+
+    def params_at(self, x: Array, index: Array | int) -> Array:
+        """``made.params_at(x, index, context)``: ``(..., params_per_dim)``."""
+        return self.made.params_at(x, index, self.context)
 
 
 def check_event(x: Array, dim: int, name: str = "x") -> None:

@@ -93,3 +93,54 @@ def test_affine_log_det_matches_derivative(scale):
     np.testing.assert_allclose(t.as_bijector(params).forward(u), x, rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown scale parameterisation 'exp'"):
         jaxmaf.Affine(scale="exp")
+
+
+class _SpyMADE:
+    """A MADE conditioner that counts full passes (at trace time)."""
+
+    def __init__(self, made, context=None):
+        self.bound, self.degrees, self.full_passes = made.bind(context), made.degrees, 0
+
+    def __call__(self, x):
+        self.full_passes += 1
+        return self.bound(x)
+
+    def params_at(self, x, index):
+        return self.bound.params_at(x, index)
+
+
+@pytest.mark.parametrize("order", ["natural", "random"])
+@pytest.mark.parametrize("transformer", ["affine", "spline"])
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_exact_sequential_pass_computes_one_dimension_per_pass(order, transformer, context_dim,
+                                                                x64):
+    """With a MADE the exact pass calls params_at only; the values match full passes."""
+    from flax import nnx
+
+    made = jaxmaf.MADE(5, (16, 16), jaxmaf.transformers.get_transformer(transformer).num_params,
+                       context_dim=context_dim, order=order, output_init_scale=0.5,
+                       rngs=nnx.Rngs(0))
+    c = jax.random.normal(jax.random.key(1), (6, context_dim)) if context_dim else None
+    u = jax.random.normal(jax.random.key(2), (6, 5))
+    spy = _SpyMADE(made, c)
+    one_dim = jaxmaf.MaskedAutoregressive(spy, transformer)
+    full = jaxmaf.MaskedAutoregressive(lambda v: made(v, c), transformer)  # no params_at
+    # Traced calls: one shape check (eval_shape) per call; full passes would add the loop body.
+    x = one_dim.forward(u)
+    assert spy.full_passes == 1
+    np.testing.assert_allclose(x, full.forward(u), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(one_dim.inverse(x), u, rtol=1e-10, atol=1e-10)
+    x2, log_det = one_dim.forward_and_log_det(u)
+    assert spy.full_passes == 3  # shape check + the last pass, which reads every log-scale
+    np.testing.assert_allclose(x2, x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_det, full.forward_and_log_det(u)[1], rtol=1e-12, atol=1e-12)
+
+
+def test_conditioner_degrees_must_match_the_event():
+    from flax import nnx
+
+    made = jaxmaf.MADE(3, (8,), 2, rngs=nnx.Rngs(0))
+    spy = _SpyMADE(made)
+    spy.degrees = np.arange(1, 5)
+    with pytest.raises(ValueError, match=r"degrees of shape \(3,\)"):
+        jaxmaf.MaskedAutoregressive(spy).forward(jnp.zeros(3))

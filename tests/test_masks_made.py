@@ -97,6 +97,9 @@ def test_made_output_ignores_inputs_not_before_it(dim, order, hidden, context_di
     nonzero = np.abs(np.asarray(jac)).max(axis=(0, 2)) > 0
     if hidden and min(hidden) >= dim - 1 + (context_dim > 0):  # every degree present
         np.testing.assert_array_equal(nonzero, ~forbidden)
+    full = made(x, c)  # params_at (one dimension's output columns) agrees with the full pass
+    one = jax.jit(jax.vmap(lambda i: made.params_at(x, i, c), out_axes=1))(jnp.arange(dim))
+    np.testing.assert_allclose(one, full, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dim,hidden", [(1, (8,)), (4, (8, 8)), (4, ()), (6, (3,))])
