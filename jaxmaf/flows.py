@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -316,13 +317,12 @@ class _AutoregressiveFlow(nnx.Module):
         if chunk is None:
             return fn(x, context)
         flat = [jnp.broadcast_to(x, batch + x.shape[-1:]).reshape(-1, x.shape[-1])]
-        if context is not None:
+        if context is None:
+            fn = functools.partial(fn, context=None)
+        else:
             width = jnp.shape(context)[-1]
             flat.append(jnp.broadcast_to(context, batch + (width,)).reshape(-1, width))
-        if context is None:
-            out = _map_chunks(lambda x: fn(x, None), flat, chunk)
-        else:
-            out = _map_chunks(fn, flat, chunk)
+        out = _map_chunks(fn, flat, chunk)
         return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
     # ------------------------------------------------------------------ density
@@ -416,7 +416,7 @@ class _AutoregressiveFlow(nnx.Module):
         u = self._base_noise(key, sample_shape, context)
         if not return_iterations:
             return self._chunked(
-                lambda u, c: self.bijector(c, method=method, tol=tol).forward(u),
+                lambda u, context: self.bijector(context, method=method, tol=tol).forward(u),
                 u, context, chunk_size,
             )
 
