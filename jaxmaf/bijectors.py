@@ -152,9 +152,10 @@ class MaskedAutoregressive(distrax.Bijector):
         Iterates ``y <- tau(x; conditioner(y))`` (all dimensions at once) in a
         ``lax.while_loop`` until ``max |y_new - y| <= tol`` over the batch, and
         never more than D times: by the autoregressive structure the iterate
-        is exact after D passes (the exact method runs exactly those D
-        passes), so ``tol=0`` returns the exact result, usually after far
-        fewer passes (Song et al. 2021).
+        is exact after D passes, so ``tol=0`` returns the exact result (up to
+        floating-point rounding: the exact method computes one dimension's
+        conditioner outputs per pass, this one all of them), usually after
+        far fewer passes (Song et al. 2021).
 
         Args:
           x: base points ``(..., D)``.

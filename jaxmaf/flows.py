@@ -388,7 +388,8 @@ class _AutoregressiveFlow(nnx.Module):
           method: for a MAF (sequential sampling): ``"exact"`` (D passes per
             layer) or ``"jacobi"`` (fixed-point iteration, at most D passes,
             stopping when the largest update is at most ``tol``; ``tol=0``
-            gives the exact samples). An IAF samples in one pass either way.
+            gives the exact samples up to floating-point rounding). An IAF
+            samples in one pass either way.
           tol: Jacobi stopping threshold (>= 0).
           return_iterations: also return the conditioner passes used by each
             layer, an int array ``(num_layers,)`` (base side first; with
