@@ -4,7 +4,8 @@ A MAF (5 layers, MADE 2x256) is trained on the digits data (logit space, as
 examples/digits.py); then, in the same run, sampling N points exactly (D = 64
 MADE passes per layer, what every peer does) is timed against Jacobi sampling
 at several tolerances: conditioner passes used per layer, the largest
-|difference| from the exact samples, and the speedup (medians after warm-up).
+|difference| from the exact samples, and the speedup (medians after warm-up,
+the methods taking turns in every round of repeats).
 
 Run: python benchmarks/jacobi_sampling.py [--out DIR] [--quick]
 """
@@ -26,14 +27,21 @@ import jaxmaf
 from jaxmaf import datasets
 
 
-def timed(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def time_interleaved(fns, args, repeats):
+    """Median seconds of each jitted function, the functions taking turns every round.
+
+    Interleaving spreads slow drifts of the machine over every method instead
+    of charging them to whichever ran then.
+    """
+    for fn in fns.values():
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None):
@@ -65,18 +73,19 @@ def main(argv=None):
                                                  return_iterations=True)
         return jax.jit(fn)
 
-    exact_fn = sampler("exact", 0.0)
-    exact, _ = exact_fn(params, key)
-    t_exact = timed(exact_fn, params, key, repeats=args.repeats)
+    tols = (0.0, 1e-6, 1e-4, 1e-3)
+    fns = {"exact": sampler("exact", 0.0)} | {tol: sampler("jacobi", tol) for tol in tols}
+    medians = time_interleaved(fns, (params, key), args.repeats)
+    exact, _ = fns["exact"](params, key)
+    t_exact = medians["exact"]
     rows = [dict(method="exact", tol=0.0, median_ms=1e3 * t_exact, iterations=[64] * 5,
                  max_abs_diff=0.0, speedup=1.0)]
     print(f"\n{'method':<8} {'tol':>8} {'median (ms)':>12} {'speedup':>8} {'max |diff|':>11}  "
           f"passes per layer")
     print(f"{'exact':<8} {'-':>8} {1e3 * t_exact:>12.1f} {1.0:>7.2f}x {0.0:>11.1e}  [64] * 5")
-    for tol in (0.0, 1e-6, 1e-4, 1e-3):
-        fn = sampler("jacobi", tol)
-        x, iters = fn(params, key)
-        t = timed(fn, params, key, repeats=args.repeats)
+    for tol in tols:
+        x, iters = fns[tol](params, key)
+        t = medians[tol]
         diff = float(np.max(np.abs(np.asarray(x) - np.asarray(exact))))
         rows.append(dict(method="jacobi", tol=tol, median_ms=1e3 * t,
                          iterations=np.asarray(iters).tolist(), max_abs_diff=diff,
