@@ -8,8 +8,9 @@ per-round ratio, printed with its quartiles:
   - train step (NLL, gradient, Adam update) on one batch;
   - ``log_prob`` of 10k points;
   - sampling 10k points (the sequential direction: D MADE passes per layer);
-Workloads: D=2, 4 layers, MADE 2x128, batch 256 (the seed's) and D=64,
-5 layers, MADE 2x512, batch 512. The floor is the same flow with plain dense
+Workloads: D=2, 4 layers, MADE 2x128, batch 256 (the seed's); D=64,
+5 layers, MADE 2x512, batch 512; and a spline MAF, D=16, 4 layers, MADE
+2x128, 8 bins, batch 256 (jaxmaf and flowjax only). The floor is the same flow with plain dense
 layers (no masks, no flow bookkeeping beyond the affine map and the log-det
 sum). Peers are optional (``pip install -e '.[bench]'``); a missing one is
 skipped with a message.
@@ -39,6 +40,10 @@ from jaxmaf.transformers import _inverse_softplus
 WORKLOADS = {
     "D2": dict(dim=2, layers=4, hidden=(128, 128), batch=256),
     "D64": dict(dim=64, layers=5, hidden=(512, 512), batch=512),
+    # Spline MAF: jaxmaf Spline(8 bins, tail bound 3), 25 conditioner outputs per dimension
+    # (distrax's layout); flowjax RationalQuadraticSpline(knots=8, interval=3).
+    # No floor or TFP entry: both are affine here.
+    "D16_spline": dict(dim=16, layers=4, hidden=(128, 128), batch=256, spline_bins=8),
 }
 N_EVAL = 10_000
 LR = 1e-3
@@ -81,9 +86,19 @@ def adam_step(loss):
 
 
 # ------------------------------------------------------------------ implementations
+class Unsupported(Exception):
+    """An implementation that has no counterpart of a workload (skipped with a message)."""
+
+
+def affine_only(w):
+    if "spline_bins" in w:
+        raise Unsupported("affine transformer only")
+
+
 def jaxmaf_impl(w):
-    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], output_init_scale=0.1,
-                      rngs=nnx.Rngs(0))
+    transformer = jaxmaf.Spline(w["spline_bins"], 3.0) if "spline_bins" in w else "affine"
+    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], transformer=transformer,
+                      output_init_scale=0.1, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(flow, nnx.Param)
 
     def log_prob(p, x):
@@ -97,6 +112,7 @@ def jaxmaf_impl(w):
 
 def floor_impl(w):
     """The same shapes and work with unmasked dense layers."""
+    affine_only(w)
     flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], output_init_scale=0.1,
                       rngs=nnx.Rngs(0))
     params = nnx.state(flow, nnx.Param).to_pure_dict()
@@ -144,9 +160,14 @@ def flowjax_impl(w):
     from flowjax.distributions import Normal
     from flowjax.flows import masked_autoregressive_flow
 
+    extra = {}
+    if "spline_bins" in w:
+        from flowjax.bijections import RationalQuadraticSpline
+
+        extra["transformer"] = RationalQuadraticSpline(knots=w["spline_bins"], interval=3.0)
     flow = masked_autoregressive_flow(jax.random.key(0), base_dist=Normal(jnp.zeros(w["dim"])),
                                       flow_layers=w["layers"], nn_width=w["hidden"][0],
-                                      nn_depth=len(w["hidden"]))
+                                      nn_depth=len(w["hidden"]), **extra)
     params, static = eqx.partition(flow, eqx.is_inexact_array,
                                    is_leaf=lambda x: isinstance(x, paramax.NonTrainable))
 
@@ -164,6 +185,7 @@ def flowjax_impl(w):
 
 def tfp_impl(w):
     """TFP's MaskedAutoregressiveFlow (JAX substrate) around a plain-JAX MADE (jaxmaf.MADE)."""
+    affine_only(w)
     import tensorflow_probability.substrates.jax as tfp
 
     tfb, tfd = tfp.bijectors, tfp.distributions
@@ -207,7 +229,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--sample-repeats", type=int, default=3)
     ap.add_argument("--skip-sampling", action="store_true")
-    ap.add_argument("--workloads", default="D2,D64")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--quick", action="store_true", help="D2 only, few repeats (CI smoke)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -218,7 +240,7 @@ def main(argv=None):
     rows = []
     # Warm-up: the first program measured in a process runs slower (thread pools, caches);
     # one discarded pass keeps that off whichever implementation comes first.
-    w0 = WORKLOADS[args.workloads.split(",")[0]]
+    w0 = WORKLOADS["D2"]
     p0, lp0, _ = floor_impl(w0)
     compiled0, _ = compile_fn(lp0, p0, jnp.zeros((N_EVAL, w0["dim"]), jnp.float32))
     time_interleaved({"warm-up": (compiled0, (p0, jnp.zeros((N_EVAL, w0["dim"]))))}, 3)
@@ -235,7 +257,7 @@ def main(argv=None):
         for name, impl in IMPLS.items():
             try:
                 params, log_prob, sample = impl(w)
-            except ImportError as e:
+            except (ImportError, Unsupported) as e:
                 print(f"{name}: skipped ({e})")
                 continue
             opt, step = adam_step(lambda p, x, lp=log_prob: -jnp.mean(lp(p, x)))
