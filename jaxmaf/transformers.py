@@ -122,6 +122,21 @@ class Affine:
         return distrax.ScalarAffine(shift=-b / s, scale=1.0 / s)
 
 
+def _rq_log_derivative(z: Array, slope: Array, s0: Array, s1: Array) -> Array:
+    """``log g'`` of a rational-quadratic bin at relative position ``z`` in [0, 1].
+
+    ``slope`` is the bin's height / width, ``s0, s1`` its knot slopes
+    (Durkan et al. 2019, eq. 5).
+    """
+    z1mz = z - z * z
+    denominator = slope + (s1 + s0 - 2.0 * slope) * z1mz
+    return (
+        2.0 * jnp.log(slope)
+        + jnp.log(s1 * z * z + 2.0 * slope * z1mz + s0 * (1.0 - z) ** 2)
+        - 2.0 * jnp.log(denominator)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Spline:
     """Rational-quadratic spline transformer (Durkan et al. 2019), identity tails.
@@ -219,11 +234,7 @@ class Spline:
         z1mz = z - z * z
         denominator = slope + (s1 + s0 - 2.0 * slope) * z1mz
         u = y0 + height * (slope * z * z + s0 * z1mz) / denominator
-        log_d = (
-            2.0 * jnp.log(slope)
-            + jnp.log(s1 * z * z + 2.0 * slope * z1mz + s0 * (1.0 - z) ** 2)
-            - 2.0 * jnp.log(denominator)
-        )
+        log_d = _rq_log_derivative(z, slope, s0, s1)
         inside = (x > -self.tail_bound) & (x < self.tail_bound)
         return jnp.where(inside, u, x), jnp.where(inside, log_d, 0.0)
 
@@ -244,13 +255,7 @@ class Spline:
         z = jnp.where(b >= 0.0, 2.0 * c / (-b - root), (-b + root) / (2.0 * a))
         z = jnp.clip(z, 0.0, 1.0)
         x = width * z + x0
-        z1mz = z - z * z
-        denominator = slope + slopes_term * z1mz
-        log_d = (
-            -2.0 * jnp.log(slope)
-            - jnp.log(s1 * z * z + 2.0 * slope * z1mz + s0 * (1.0 - z) ** 2)
-            + 2.0 * jnp.log(denominator)
-        )
+        log_d = -_rq_log_derivative(z, slope, s0, s1)
         inside = (u > -self.tail_bound) & (u < self.tail_bound)
         return jnp.where(inside, x, u), jnp.where(inside, log_d, 0.0)
 
