@@ -310,12 +310,18 @@ class MADE(nnx.Module):
         Returns:
           ``(..., params_per_dim)``.
 
+        Raises:
+          ValueError: a concrete ``index`` outside ``[0, dim)`` (a traced one
+            is clamped by ``lax.dynamic_slice``).
+
         Example:
           >>> made = MADE(3, (16,), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
           >>> x = jnp.ones((5, 3))
           >>> bool(jnp.allclose(made.params_at(x, 2), made(x)[:, 2]))
           True
         """
+        if isinstance(index, int | np.integer) and not 0 <= index < self.dim:
+            raise ValueError(f"Expected an index in [0, {self.dim}), got {index}.")
         p = self.params_per_dim
         start = index * p
         out = self.output.columns(self._features(x, context), start, p)

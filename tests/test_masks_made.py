@@ -132,6 +132,13 @@ def test_masks_are_constants_not_state():
     assert len(jax.tree.leaves(state)) == n_params == 4  # 2 kernels + 2 biases; no mask leaves
 
 
+def test_params_at_index_out_of_range():
+    made = jaxmaf.MADE(3, (8,), 2, rngs=nnx.Rngs(0))
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match=r"index in \[0, 3\)"):
+            made.params_at(jnp.zeros(3), bad)
+
+
 def test_made_errors():
     made = jaxmaf.MADE(3, (8,), 2, context_dim=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"x of shape \(\.\.\., 3\), got shape \(3, 4\)"):
