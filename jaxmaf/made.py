@@ -311,8 +311,8 @@ class MADE(nnx.Module):
           ``(..., params_per_dim)``.
 
         Raises:
-          ValueError: a concrete ``index`` outside ``[0, dim)`` (a traced one
-            is clamped by ``lax.dynamic_slice``).
+          ValueError: as :meth:`__call__`; a concrete ``index`` outside
+            ``[0, dim)`` (a traced one is clamped by ``lax.dynamic_slice``).
 
         Example:
           >>> made = MADE(3, (16,), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
@@ -320,6 +320,8 @@ class MADE(nnx.Module):
           >>> bool(jnp.allclose(made.params_at(x, 2), made(x)[:, 2]))
           True
         """
+        check_event(x, self.dim, "x")
+        check_context(context, self.context_dim)
         if isinstance(index, int | np.integer) and not 0 <= index < self.dim:
             raise ValueError(f"Expected an index in [0, {self.dim}), got {index}.")
         p = self.params_per_dim
@@ -359,7 +361,11 @@ class BoundMADE:
 
     def __init__(self, made: MADE, context: Array | None):
         self.made, self.context = made, context
-        self.degrees = made.degrees
+
+    @property
+    def degrees(self) -> Constant:
+        """The MADE's input degrees ``(dim,)`` (the autoregressive order)."""
+        return self.made.degrees
 
     def __call__(self, x: Array) -> Array:
         """``made(x, context)``: ``(..., dim) -> (..., dim, params_per_dim)``."""
