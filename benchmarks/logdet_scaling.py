@@ -3,7 +3,11 @@
 Measures, for D over a log-spaced range:
   1. linear algebra alone: ``sum(log|diag L|)`` of a triangular D x D matrix
      (``triangular``) against ``jnp.linalg.slogdet`` of a dense one
-     (``dense_slogdet``);
+     (``dense_slogdet``); beside them the cost of a jitted call that reads one
+     entry of the same matrix (``call_floor``), and the log-det from the D
+     diagonal entries alone (``triangular_diag``: what a flow has, it never
+     forms the matrix), continued to D = --diag-max-dim where no D x D matrix
+     would fit, so that its linear term shows above the call cost;
   2. a real layer: a MAF layer's analytic log-det from ``inverse_and_log_det``
      (``layer_analytic``) against the dense Jacobian (``jax.jacfwd``) + slogdet
      of the same bijector (``layer_dense``), and the same for a 4-layer flow
@@ -12,14 +16,18 @@ Measures, for D over a log-spaced range:
 
 Jitted functions, warm-up, ``block_until_ready``, medians (min/max too) over
 repeats (at least --repeats, and fast calls until 0.25 s); compile time
-separately. Slopes are fitted over the largest third of the D range, where
-the work, not the dispatch overhead, sets the time. Writes a table, JSON and a log-log PNG.
+separately. Slopes are fitted over the largest third of each method's D
+range (at least 3 points). Writes a table, JSON and a log-log PNG.
 
-Note (CPU): XLA parallelises the diagonal reduction from D = 512 on, which
-costs a flat ~60 us per call whatever D (measured flat from 512 to 2048), so
-the triangular curve steps up once between 256 and 512 and is flat after; the
-default range goes to 2048 so that the fitted slope describes large D rather
-than that one step. The dense Jacobian methods stop at --layer-max-dim.
+Note (CPU): up to D = 2048 the triangular log-det of a matrix costs what a
+jitted call costs (``call_floor``, ~6 us): reading D diagonal entries is
+nanoseconds of work. From D = 512 on, XLA runs the read of the large operand
+on several threads, which adds a flat 40-90 us whatever D (measured: 70 us at
+512, 98 at 1024, 63 at 2048), so the ``triangular`` curve steps up once and
+its fitted slope (between -0.1 and 0.6 from run to run) measures that step,
+not D. The default range goes to 2048 so that the fit lies past the step.
+The O(D) term itself shows in ``triangular_diag`` from D ~ 2^18 on (slope
+0.92 over 2^17..2^24). The dense Jacobian methods stop at --layer-max-dim.
 
 Run: python benchmarks/logdet_scaling.py [--out DIR] [--quick] [--x64]
 """
@@ -27,6 +35,7 @@ Run: python benchmarks/logdet_scaling.py [--out DIR] [--quick] [--x64]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -42,27 +51,39 @@ def parse_args(argv=None):
     p.add_argument("--min-dim", type=int, default=2)
     p.add_argument("--max-dim", type=int, default=2048,
                    help="largest D for the linear-algebra pair (2048: see the note in the doc)")
+    p.add_argument("--diag-max-dim", type=int, default=2**24,
+                   help="largest D for the log-det from the diagonal alone (triangular_diag)")
     p.add_argument("--layer-max-dim", type=int, default=512,
                    help="largest D for the (slow) dense layer/flow Jacobians")
     p.add_argument("--batch", type=int, default=16, help="points per layer evaluation")
     p.add_argument("--hidden", type=int, default=128, help="MADE hidden width (2 layers)")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--quick", action="store_true", help="D up to 64, 3 repeats (CI smoke)")
+    p.add_argument("--budget-s", type=float, default=0.25,
+                   help="fast calls repeat until this many seconds per (method, D)")
+    p.add_argument("--quick", action="store_true", help="D up to 64 (diagonal alone: 4096), "
+                   "3 repeats (CI smoke)")
     p.add_argument("--x64", action="store_true", help="float64 (enables jax_enable_x64)")
     args = p.parse_args(argv)
     if args.quick:
-        args.max_dim, args.layer_max_dim, args.repeats = 64, 64, 3
+        args.max_dim, args.layer_max_dim, args.diag_max_dim, args.repeats = 64, 64, 4096, 3
+        args.budget_s = 0.02
+    if not args.min_dim <= args.max_dim <= args.diag_max_dim:
+        p.error(f"expected --min-dim <= --max-dim <= --diag-max-dim, got {args.min_dim}, "
+                f"{args.max_dim}, {args.diag_max_dim}")
     return args
 
 
-def timed(fn, *args, repeats):
-    """Compile time, then median/min/max seconds of `repeats` blocked calls after a warm-up."""
+def timed(fn, *args, repeats, budget_s):
+    """Compile time, then the seconds of each blocked call after a warm-up.
+
+    At least `repeats` calls; fast calls repeat until `budget_s` seconds (at most 2000 calls).
+    """
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))  # warm-up
     times = []
-    budget_end = time.perf_counter() + 0.25  # fast calls repeat until 0.25 s (<= 2000 times)
+    budget_end = time.perf_counter() + budget_s
     while len(times) < repeats or (time.perf_counter() < budget_end and len(times) < 2000):
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
@@ -92,7 +113,8 @@ def main(argv=None):
     dev = jax.devices()[0]
     print(f"backend: {jax.default_backend()} ({dev.device_kind}); dtype {dtype.name}; "
           f"jax {jax.__version__}")
-    dims = [d for d in 2 ** np.arange(0, 16) if args.min_dim <= d <= args.max_dim]
+    dims = [int(d) for d in 2 ** np.arange(0, 31) if args.min_dim <= d <= args.max_dim]
+    diag_dims = [int(d) for d in 2 ** np.arange(0, 31) if args.min_dim <= d <= args.diag_max_dim]
     rows, max_diff = [], 0.0
 
     def record(dim, method, compile_s, times):
@@ -103,15 +125,25 @@ def main(argv=None):
               f"(min {row['min_ms']:.4f}, max {row['max_ms']:.4f}; "
               f"compile {row['compile_ms']:.0f} ms)", flush=True)
 
+    timed_ = functools.partial(timed, repeats=args.repeats, budget_s=args.budget_s)
+
+    def log_abs_diag_sum(m):
+        return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(m))))
+
     key = jax.random.key(0)
+    for dim in diag_dims:  # the diagonal alone: no D x D matrix, so D can go far higher
+        d = 2.0 + jax.random.uniform(jax.random.fold_in(key, 2**31 + dim), (dim,), dtype)
+        _, c, t = timed_(lambda d: jnp.sum(jnp.log(jnp.abs(d))), d)
+        record(dim, "triangular_diag", c, t)
     for dim in dims:
         k1, k2, k3 = jax.random.split(jax.random.fold_in(key, int(dim)), 3)
         a = jax.random.normal(k1, (dim, dim), dtype) / np.sqrt(dim) + 2 * jnp.eye(dim, dtype=dtype)
         tri = jnp.tril(a)
-        ld_tri, c, t = timed(lambda m: jnp.sum(jnp.log(jnp.abs(jnp.diagonal(m)))), tri,
-                             repeats=args.repeats)
+        ld_tri, c, t = timed_(log_abs_diag_sum, tri)
         record(dim, "triangular", c, t)
-        ld_dense, c, t = timed(lambda m: jnp.linalg.slogdet(m)[1], tri, repeats=args.repeats)
+        _, c, t = timed_(lambda m: m[0, 0], tri)
+        record(dim, "call_floor", c, t)
+        ld_dense, c, t = timed_(lambda m: jnp.linalg.slogdet(m)[1], tri)
         record(dim, "dense_slogdet", c, t)
         max_diff = max(max_diff, float(jnp.abs(ld_tri - ld_dense)))
 
@@ -129,9 +161,9 @@ def main(argv=None):
             def dense(p, x, graphdef=graphdef):
                 return jaxmaf.dense_log_det(nnx.merge(graphdef, p).bijector().inverse, x)
 
-            ld_a, c, t = timed(analytic, params, x, repeats=args.repeats)
+            ld_a, c, t = timed_(analytic, params, x)
             record(dim, f"{name}_analytic", c, t)
-            ld_d, c, t = timed(dense, params, x, repeats=args.repeats)
+            ld_d, c, t = timed_(dense, params, x)
             record(dim, f"{name}_dense", c, t)
             max_diff = max(max_diff, float(jnp.max(jnp.abs(ld_a - ld_d))))
 
@@ -165,29 +197,36 @@ def main(argv=None):
     )
     with open(os.path.join(args.out, "logdet_scaling.json"), "w") as f:
         json.dump(result, f, indent=2)
-    plot(rows, methods, dims, os.path.join(args.out, "logdet_scaling.png"), result)
+    plot(rows, methods, os.path.join(args.out, "logdet_scaling.png"), result)
     print(f"wrote {args.out}/logdet_scaling.json and logdet_scaling.png")
     return result
 
 
-def plot(rows, methods, dims, path, result):
+def plot(rows, methods, path, result):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    def curve(method):
+        d, t = zip(*[(r["dim"], r["median_ms"]) for r in rows if r["method"] == method],
+                   strict=True)
+        return np.asarray(d, float), np.asarray(t)
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     for m in methods:
-        pts = [(r["dim"], r["median_ms"]) for r in rows if r["method"] == m]
-        d, t = zip(*pts, strict=True)
-        ax.loglog(d, t, "o-", label=f"{m} (slope {result['slopes'][m]:.2f})")
-    d = np.asarray(dims, float)
-    ref = [r["median_ms"] for r in rows if r["method"] == "dense_slogdet"][-1]
-    ax.loglog(d, ref * (d / d[-1]) ** 3, "k--", lw=0.8, label="O(D^3) reference")
-    ax.loglog(d, ref * (d / d[-1]), "k:", lw=0.8, label="O(D) reference")
-    ax.set(xlabel="D", ylabel="median time (ms)",
-           title=f"log-det cost on {result['backend']} ({result['dtype']})")
+        d, t = curve(m)
+        style = dict(color="0.6", lw=1.0, ls="-", marker=".") if m == "call_floor" else {}
+        ax.loglog(d, t, **({"marker": "o"} | style), label=f"{m} (slope {result['slopes'][m]:.2f})")
+    # Each reference line spans its curve's range and meets the curve's largest-D point.
+    for method, power, style in (("dense_slogdet", 3, "k--"), ("triangular_diag", 1, "k:")):
+        d, t = curve(method)
+        ax.loglog(d, t[-1] * (d / d[-1]) ** power, style, lw=0.8,
+                  label=f"O(D^{power}) through {method}" if power != 1 else
+                  f"O(D) through {method}")
+    ax.set(xlabel="D", ylabel="median time per call (ms)",
+           title=f"log-det cost on {result['backend']} ({result['device']}, {result['dtype']})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
