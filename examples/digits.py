@@ -65,7 +65,7 @@ def main(argv=None):
     data = datasets.digits(seed=args.seed)
     results = {}
     for name, cls in (("maf", jaxmaf.MAF), ("iaf", jaxmaf.IAF)):
-        flow = cls(DIM, LAYERS, HIDDEN, permutation="reverse", rngs=nnx.Rngs(args.seed))
+        flow = cls(DIM, LAYERS, HIDDEN, rngs=nnx.Rngs(args.seed))
         print(f"training {name.upper()} ({LAYERS} layers, MADE {HIDDEN}) ...")
         t0 = time.perf_counter()
         budget = epochs if name == "maf" else min(epochs, IAF_EPOCHS)

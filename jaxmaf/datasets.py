@@ -140,3 +140,171 @@ def digits_log_det(y: np.ndarray, alpha: float = 1e-3) -> np.ndarray:
     y = np.asarray(y, np.float64)
     q = 1 / (1 + np.exp(-y))
     return np.sum(np.log(1 - 2 * alpha) - np.log(q) - np.log1p(-q), axis=-1)
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    """Zero mean and unit variance per column (constant columns are only centred)."""
+    std = x.std(0)
+    return (x - x.mean(0)) / np.where(std > 0, std, 1.0)
+
+
+def _pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
+    arms = 5
+    radial = rng.normal(1.0, 0.3, n)
+    angle = rng.integers(arms, size=n) * 2 * np.pi / arms + 0.25 * np.exp(radial)
+    tangential = rng.normal(0.0, 0.1, n)
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.stack([radial * cos - tangential * sin, radial * sin + tangential * cos], -1)
+
+
+def _two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.sqrt(rng.uniform(size=n)) * 3 * np.pi
+    arm = np.where(rng.uniform(size=n) < 0.5, 1.0, -1.0)
+    x = np.stack([-np.cos(t) * t, np.sin(t) * t], -1) * arm[:, None]
+    return x + rng.normal(0.0, 0.5, x.shape)
+
+
+def _rings(n: int, rng: np.random.Generator) -> np.ndarray:
+    radius = rng.integers(1, 5, size=n).astype(float)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    x = np.stack([np.cos(angle), np.sin(angle)], -1) * radius[:, None]
+    return x + rng.normal(0.0, 0.08, x.shape)
+
+
+def _swiss_roll(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = 1.5 * np.pi * (1 + 2 * rng.uniform(size=n))
+    x = np.stack([t * np.cos(t), t * np.sin(t)], -1)
+    return x + rng.normal(0.0, 0.5, x.shape)
+
+
+def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
+    angle = rng.uniform(0, np.pi, n)
+    upper = rng.uniform(size=n) < 0.5
+    x = np.where(upper[:, None], np.stack([np.cos(angle), np.sin(angle)], -1),
+                 np.stack([1 - np.cos(angle), 0.5 - np.sin(angle)], -1))
+    return x + rng.normal(0.0, 0.05, x.shape)
+
+
+def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
+    x1 = rng.uniform(-2, 2, n)
+    x2 = rng.uniform(0, 1, n) + rng.integers(0, 2, n) * 2 - 2 + (np.floor(x1) % 2)
+    return np.stack([x1, x2], -1)
+
+
+def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+    angle = rng.integers(8, size=n) * np.pi / 4
+    centres = 2.0 * np.stack([np.cos(angle), np.sin(angle)], -1)
+    return centres + rng.normal(0.0, 0.2, (n, 2))
+
+
+TOY_2D = {
+    "pinwheel": _pinwheel,
+    "two_spirals": _two_spirals,
+    "rings": _rings,
+    "swiss_roll": _swiss_roll,
+    "moons": _moons,
+    "checkerboard": _checkerboard,
+    "eight_gaussians": _eight_gaussians,
+}
+
+
+def toy_2d(name: str, n_samples: int = 3000, sizes: tuple[int, int, int] = (2000, 500, 500),
+           seed: int = 0, dtype=np.float32) -> Split:
+    """A two-dimensional toy density (generated here, no download), standardized and split.
+
+    The shapes common in the flow literature: ``"pinwheel"`` (five curved
+    arms), ``"two_spirals"``, ``"rings"`` (four concentric circles),
+    ``"swiss_roll"`` (its two-dimensional spiral), ``"moons"``,
+    ``"checkerboard"`` and ``"eight_gaussians"``.
+
+    Args:
+      name: one of :data:`TOY_2D`.
+      n_samples: number of points generated.
+      sizes: ``(n_train, n_val, n_test)``.
+      seed: seed of the points and of the split.
+      dtype: dtype of the arrays.
+
+    Returns:
+      a :class:`Split` of ``(n, 2)`` arrays.
+
+    Raises:
+      ValueError: an unknown name.
+
+    Example:
+      >>> toy_2d("pinwheel").train.shape
+      (2000, 2)
+    """
+    if name not in TOY_2D:
+        raise ValueError(f"Unknown toy data set {name!r}: expected one of {sorted(TOY_2D)}.")
+    x = TOY_2D[name](n_samples, np.random.default_rng(seed))
+    return split(_standardize(x).astype(dtype), sizes, seed)
+
+
+def dequantize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uniform dequantisation of every column that holds repeated values.
+
+    A column with fewer distinct values than rows was recorded at a finite
+    resolution (or is discrete): a continuous density would put infinite
+    mass on its repeated values. Each such column gets uniform noise of its
+    resolution (the smallest gap between distinct values), the usual
+    treatment of tabular data for density estimation.
+
+    Args:
+      x: data ``(N, D)``.
+      rng: numpy random generator.
+
+    Returns:
+      the dequantized copy ``(N, D)`` (float64).
+
+    Example:
+      >>> x = dequantize(np.array([[0.0], [1.0], [1.0]]), np.random.default_rng(0))
+      >>> bool(np.all(np.abs(x - [[0.0], [1.0], [1.0]]) <= 0.5))
+      True
+    """
+    x = np.array(x, np.float64)
+    for j in range(x.shape[1]):
+        values = np.unique(x[:, j])
+        if len(values) < len(x) and len(values) > 1:
+            gap = np.min(np.diff(values))
+            x[:, j] += rng.uniform(-0.5, 0.5, len(x)) * gap
+    return x
+
+
+TABULAR = ("diabetes", "breast_cancer", "wine", "iris")
+
+
+def tabular(name: str, fractions: tuple[float, float] = (0.7, 0.15), seed: int = 0,
+            dtype=np.float32) -> Split:
+    """A tabular data set bundled with scikit-learn (no download): dequantized, standardized.
+
+    ``"diabetes"`` (442 x 10), ``"breast_cancer"`` (569 x 30), ``"wine"``
+    (178 x 13), ``"iris"`` (150 x 4): the feature columns only (no target),
+    every column with repeated values dequantized (:func:`dequantize`), then
+    standardized and split.
+
+    Args:
+      name: one of :data:`TABULAR`.
+      fractions: train and validation fractions (the rest is the test set).
+      seed: seed of the noise and of the split.
+      dtype: dtype of the arrays.
+
+    Returns:
+      a :class:`Split`.
+
+    Raises:
+      ValueError: an unknown name.
+
+    Example:
+      >>> tabular("diabetes").train.shape
+      (309, 10)
+    """
+    from sklearn import datasets as sk
+
+    loaders = {"diabetes": sk.load_diabetes, "breast_cancer": sk.load_breast_cancer,
+               "wine": sk.load_wine, "iris": sk.load_iris}
+    if name not in loaders:
+        raise ValueError(f"Unknown tabular data set {name!r}: expected one of {TABULAR}.")
+    x = dequantize(loaders[name]().data, np.random.default_rng(seed))
+    n = len(x)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    return split(_standardize(x).astype(dtype), (n_train, n_val, n - n_train - n_val), seed)

@@ -32,8 +32,14 @@ class History:
     Attributes:
       train_loss: mean training NLL (nats per point) of each epoch.
       val_loss: validation NLL after each epoch (empty without validation data).
-      best_epoch: index of the epoch whose parameters the flow ends with.
-      best_loss: the loss (validation if given, else training) of that epoch.
+      best_epoch: index of the epoch whose parameters the flow ends with (-1:
+        no epoch finished with a finite loss; the flow keeps its initial
+        parameters).
+      best_loss: the mean NLL of exactly those parameters, evaluated after
+        that epoch (batch norm in eval mode): on the validation data if given,
+        else on the whole training set. (``train_loss`` is the mean over the
+        epoch's minibatches, taken while the parameters were being updated,
+        so it is not the loss of any one set of parameters.)
       epoch_time: wall-clock seconds of each epoch (the first includes compilation).
       wall_time: total seconds.
       stop_reason: ``"completed"``, ``"early_stopping"``, ``"non_finite"`` or
@@ -164,11 +170,9 @@ def _ensemble_epoch(params, rest, opt_state, keys, best, best_loss, active, data
     update = active & jnp.isfinite(train_loss)
     params, rest, opt_state = _select(update, (new_params, new_rest, new_opt),
                                       (params, rest, opt_state))
-    if val_data is None:
-        loss = train_loss
-    else:
-        loss = jax.vmap(lambda p, r: _eval_loss(p, r, val_data, val_context,
-                                                graphdef=eval_graphdef))(params, rest)
+    judge, judge_context = (data, context) if val_data is None else (val_data, val_context)
+    loss = jax.vmap(lambda p, r: _eval_loss(p, r, judge, judge_context,
+                                            graphdef=eval_graphdef))(params, rest)
     val_loss = loss if val_data is not None else jnp.full_like(train_loss, jnp.nan)
     improved = update & jnp.isfinite(loss) & (loss < best_loss)
     best = _select(improved, (params, rest), best)
@@ -201,9 +205,13 @@ def fit(
     every point counts once per epoch. A second call with the same flow
     structure, optimizer object and shapes reuses the compiled program.
 
-    The flow ends with the parameters of the best epoch (lowest validation NLL,
-    or training NLL without validation data). A non-finite loss stops training
-    with a warning; Ctrl-C stops it too; both keep the best parameters.
+    The flow ends with the parameters of the best epoch: lowest validation
+    NLL, or without validation data the lowest NLL on the whole training set,
+    each evaluated with the parameters as they are at the end of the epoch
+    (``History.best_loss`` is that loss of the returned parameters). A
+    non-finite loss stops training with a warning; Ctrl-C stops it too; both
+    keep the best parameters, and parameters with a non-finite loss are never
+    kept.
 
     Args:
       flow: a :class:`jaxmaf.MAF` or :class:`jaxmaf.IAF` (any NNX module with
@@ -215,8 +223,9 @@ def fit(
       optimizer: an Optax transformation (default ``optax.adam(1e-3)``).
       batch_size: minibatch size >= 1 (capped at N).
       num_epochs: number of epochs >= 1.
-      patience: stop when the validation NLL has not improved for this many
-        epochs (None: never).
+      patience: stop when the loss that judges the best epoch (validation
+        NLL, else training-set NLL) has not improved for this many epochs
+        (None: never).
       seed: seed of the shuffling.
       progress: show a progress bar (only on a terminal, never under CI).
       devices: data parallelism: each minibatch is split across these devices
@@ -289,11 +298,13 @@ def fit(
                 break
             params, rest, opt_state, key = new_params, new_rest, new_opt_state, new_key
             history.train_loss.append(train_loss)
-            loss = train_loss
             if run.val_data is not None:
                 loss = float(_eval_loss(params, rest, run.val_data, run.val_context,
                                         graphdef=eval_graphdef))
                 history.val_loss.append(loss)
+            else:  # the parameters kept are judged by their own loss, not the epoch's mean
+                loss = float(_eval_loss(params, rest, run.data, run.context,
+                                        graphdef=eval_graphdef))
             history.epoch_time.append(time.perf_counter() - t0)
             if math.isfinite(loss) and loss < history.best_loss:
                 history.best_loss, history.best_epoch, best = loss, epoch, (params, rest)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-SCALE_PARAMETERISATIONS = ("softplus", "exp_softclamp")
+SCALE_PARAMETERISATIONS = ("softplus", "exp", "exp_softclamp")
 
 
 def _inverse_softplus(y: float) -> float:
@@ -51,11 +51,12 @@ class Affine:
       overflow), never falls below ``min_scale`` (so the sampling direction
       multiplies by at most ``1 / min_scale``), and its gradient does not
       vanish for large ``a`` as a hard clamp's would.
+    - ``"exp"``: ``s = exp(a)``: the paper's ``exp(-alpha)``, unbounded.
     - ``"exp_softclamp"``: ``log s = bound * tanh(a / bound)``: the paper's
       ``exp(-alpha)`` with ``alpha`` softly clamped to ``(-bound, bound)``.
 
     Args:
-      scale: ``"softplus"`` or ``"exp_softclamp"``.
+      scale: ``"softplus"``, ``"exp"`` or ``"exp_softclamp"``.
       min_scale: lower bound of ``s`` (softplus only), in ``(0, 1)``.
       bound: bound of ``|log s|`` (exp_softclamp only), > 0.
 
@@ -93,6 +94,8 @@ class Affine:
             offset = _inverse_softplus(1.0 - self.min_scale)
             s = jax.nn.softplus(raw + offset) + self.min_scale
             return b, s, jnp.log(s)
+        if self.scale == "exp":
+            return b, jnp.exp(raw), raw
         log_s = self.bound * jnp.tanh(raw / self.bound)
         return b, jnp.exp(log_s), log_s
 

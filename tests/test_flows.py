@@ -132,8 +132,11 @@ def test_sample_and_log_prob_consistent(name, x64):
     flow = make_flow(name, 4)
     _, c = make_inputs(name, 4, n=6)
     xs, lp = flow.sample_and_log_prob(jax.random.key(0), (2,), context=c)
-    assert xs.shape == (2, 6, 4) if c is not None else (2, 4)
-    np.testing.assert_allclose(lp, flow.log_prob(xs, context=c), rtol=1e-9, atol=1e-9)
+    assert xs.shape == ((2, 6, 4) if c is not None else (2, 4))
+    # A spline IAF's density inverts each spline by a quadratic root: in steep bins (knot
+    # slopes down to 1e-4) float64 rounding is amplified to ~1e-8 relative.
+    tol = 1e-7 if "spline" in name else 1e-9
+    np.testing.assert_allclose(lp, flow.log_prob(xs, context=c), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("name", ["maf", "iaf", "maf_cond", "maf_spline", "iaf_spline_cond",
@@ -205,11 +208,26 @@ def test_trained_parameters_change_density():
     assert not np.allclose(before, flow.log_prob(x))
 
 
+def test_default_permutations_reverse_in_2d_and_vary_above():
+    """"auto": the reversal for D <= 2; above, a fixed (shape-seeded) sequence of distinct
+    permutations, equal for every flow of that shape (ensembles stack), no device value
+    drawn (nnx.eval_shape works)."""
+    flow2 = jaxmaf.MAF(2, 4, (8,), rngs=nnx.Rngs(0))
+    assert flow2.permutations == ((1, 0),) * 3
+    a = jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(0))
+    b = nnx.eval_shape(lambda: jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(1)))
+    assert a.permutations == b.permutations
+    assert len(set(a.permutations)) == 4
+    for p in a.permutations:
+        assert sorted(p) == list(range(10)) and p != tuple(range(10))[::-1]
+
+
 def test_zero_output_init_is_identity():
     flow = jaxmaf.MAF(3, 2, (8,), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (5, 3))
     u, ld = flow.bijector().inverse_and_log_det(x)
-    np.testing.assert_allclose(u, x[..., ::-1], atol=1e-6)  # one reverse permutation
+    inverse = np.argsort(flow.permutations[0])  # the density direction undoes the permutation
+    np.testing.assert_allclose(u, x[..., inverse], atol=1e-6)
     np.testing.assert_allclose(ld, 0.0, atol=1e-6)
 
 

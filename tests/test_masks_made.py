@@ -151,3 +151,23 @@ def test_made_errors():
         jaxmaf.MADE(3, (8,), 0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="Unknown order"):
         jaxmaf.MADE(3, (8,), 2, order="zigzag", rngs=nnx.Rngs(0))
+
+
+def test_hidden_biases_break_positive_homogeneity():
+    """With zero hidden biases every ReLU kink of a 2-d MADE sits at x_0 = 0, so the
+    conditioner is positively homogeneous, made(c x) = c made(x) for c > 0: a degenerate
+    start that cost 0.08-0.15 nats on 2-d data (benchmarks/accuracy.py). The default
+    U(+-1/sqrt(fan_in)) hidden biases spread the kinks."""
+    made = jaxmaf.MADE(2, (64, 64), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (256, 2))
+    for layer in made.hidden:
+        limit = 1 / np.sqrt(layer.kernel.shape[0])
+        bias = np.asarray(layer.bias[...])
+        assert np.all(np.abs(bias) <= limit) and np.std(bias) > 0.4 * limit
+    out_bias = np.asarray(made.output.bias[...])
+    np.testing.assert_array_equal(out_bias, 0.0)  # the output still starts at its bias
+    scaled = made(3.0 * x) - 3.0 * made(x)
+    assert float(jnp.max(jnp.abs(scaled))) > 0.1
+    for layer in made.hidden:  # the old initialisation: exactly homogeneous
+        layer.bias[...] = jnp.zeros_like(layer.bias[...])
+    np.testing.assert_allclose(made(3.0 * x), 3.0 * made(x), atol=1e-5)

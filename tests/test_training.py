@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,6 +142,38 @@ def test_divergence_stops_and_keeps_best_finite_parameters():
     assert all(np.all(np.isfinite(p)) for p in _params(flow))
     np.testing.assert_allclose(-float(flow.log_prob(x[:50]).mean()), h.val_loss[h.best_epoch],
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["diverging", "nan_last_step"])
+def test_without_validation_the_returned_flow_has_history_best_loss(optimizer):
+    """Without validation data the best epoch is judged by the training-set NLL of the
+    parameters as they are after the epoch (not the epoch's running mean, taken before its
+    last update): a diverging learning rate or a NaN final step never reaches the flow."""
+    x = gaussian_data(128, 7)
+    opt = optax.adam(3.0) if optimizer == "diverging" else nan_after(4)
+    flow = small_flow()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        h = jaxmaf.fit(flow, x, optimizer=opt, batch_size=128, num_epochs=12, progress=False)
+    assert h.best_epoch >= 0 and all(np.all(np.isfinite(p)) for p in _params(flow))
+    nll = -float(flow.log_prob(x).mean())
+    np.testing.assert_allclose(nll, h.best_loss, rtol=1e-5)
+    if optimizer == "nan_last_step":  # epoch 4's one update is NaN, its running mean finite
+        assert math.isfinite(h.train_loss[4]) and h.best_epoch < 4
+
+
+def test_ensemble_without_validation_members_have_their_best_loss():
+    x = gaussian_data(128, 7)
+    flows, hists = jaxmaf.fit_ensemble(small_flow_from_rngs, x, seeds=[0, 1],
+                                       learning_rate=[1e-2, 3.0], batch_size=128,
+                                       num_epochs=12, progress=False)
+    for flow, h in zip(flows, hists, strict=True):
+        assert h.best_epoch >= 0 and all(np.all(np.isfinite(p)) for p in _params(flow))
+        np.testing.assert_allclose(-float(flow.log_prob(x).mean()), h.best_loss, rtol=1e-5)
+
+
+def small_flow_from_rngs(rngs):
+    return jaxmaf.MAF(2, 2, (16, 16), rngs=rngs)
 
 
 def test_early_stopping():

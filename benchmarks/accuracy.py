@@ -1,0 +1,326 @@
+"""Accuracy at equal budget: jaxmaf's defaults against flowjax's MAF on a public suite.
+
+Both libraries get the same train/validation/test split of each data set, the
+same architecture (MAF layers, MADE depth and width, ReLU), the same optimizer
+(Adam, one learning rate), batch size, epoch cap and patience, and both keep
+the parameters of their best validation epoch. Each data set is fitted with
+several seeds (initialisation and shuffling; the split is fixed), and the
+script reports the test NLL (nats per point) per library as mean and standard
+deviation, the paired per-seed difference (jaxmaf - flowjax; negative: jaxmaf
+better) with its standard error, and the fit time.
+
+flowjax is trained by the loop of its ``fit_to_data`` written out here with
+flowjax's own ``MaximumLikelihoodLoss`` and jitted ``step``: ``fit_to_data``
+draws its validation set from the data it is given, and the comparison needs
+the SAME validation set for both. The loop keeps ``fit_to_data``'s
+per-step calls and its batching (the last partial batch of an epoch is
+dropped) and validates on the whole validation set every epoch, as
+``jaxmaf.fit`` does; both stop once ``patience`` epochs pass without a new
+best validation loss.
+
+``--variants`` fits jaxmaf variants that change one factor from the defaults
+(the ablation behind the defaults); ``--no-flowjax`` skips flowjax.
+
+Data sets (``--datasets suite``, the default): the circles of the examples
+(the seed experiment's split), pinwheel, two spirals, four rings, the swiss
+roll (2-d, 2000/500/500), scikit-learn's diabetes (10-d) and breast cancer
+(30-d) features (dequantized, standardized, 70/15/15), and the 64-d digits
+(dequantized, logit space). ``--datasets heldout`` runs sets that were never
+used to choose a default: moons, checkerboard, eight Gaussians, wine, iris.
+
+Run: python benchmarks/accuracy.py [--quick] [--out DIR] [--seeds N]
+       [--datasets suite|heldout|all|NAME,...] [--variants NAME,...] [--no-flowjax]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxmaf
+from jaxmaf import datasets
+
+SUITE = ("circles", "pinwheel", "two_spirals", "rings", "swiss_roll", "diabetes",
+         "breast_cancer", "digits")
+HELDOUT = ("moons", "checkerboard", "eight_gaussians", "wine", "iris")
+
+
+def load(name: str, quick: bool) -> datasets.Split:
+    """The fixed split of a data set (smaller in --quick mode)."""
+    if name == "circles":
+        return datasets.circles()
+    if name == "digits":
+        return datasets.digits((400, 100, 100) if quick else (1297, 250, 250))
+    if name in datasets.TOY_2D:
+        return datasets.toy_2d(name, *(((600, (400, 100, 100)),) if quick else ()))
+    return datasets.tabular(name)
+
+
+def exponential_warmup(lr: float, steps: int) -> optax.Schedule:
+    return optax.linear_schedule(lr / 100, lr, steps)
+
+
+def _masked_layers(flow):
+    for made in flow.layers:
+        yield from made.hidden
+        yield made.output
+
+
+def masked_fan_in(flow, seed):
+    """Rescales every hidden kernel to LeCun variance over the inputs its mask keeps."""
+    for layer in _masked_layers(flow):
+        mask = layer.mask.array
+        kept = np.maximum(mask.sum(0), 1)
+        layer.kernel[...] = layer.kernel[...] * jnp.sqrt(mask.shape[0] / kept)
+
+
+def zero_bias(flow):
+    """Zero hidden biases (jaxmaf's initialisation before the accuracy work)."""
+    for made in flow.layers:
+        for layer in made.hidden:
+            layer.bias[...] = jnp.zeros_like(layer.bias[...])
+
+
+def uniform_init(flow, seed):
+    """The initialisation of flowjax (equinox's): U(+-1/sqrt(fan_in)) kernels and biases."""
+    key = jax.random.key(1000 + seed)
+    for layer in _masked_layers(flow):
+        key, k1, k2 = jax.random.split(key, 3)
+        lim = 1 / math.sqrt(layer.kernel.shape[0])
+        layer.kernel[...] = jax.random.uniform(k1, layer.kernel.shape, minval=-lim, maxval=lim)
+        layer.bias[...] = jax.random.uniform(k2, layer.bias.shape, minval=-lim, maxval=lim)
+
+
+# Ablation: each variant changes ONE factor of jaxmaf's defaults (flow kwargs, fit kwargs,
+# or the optimizer); "default" is the library as shipped.
+VARIANTS: dict[str, tuple] = {
+    "default": ("jaxmaf's defaults", {}, {}),
+    "init_zero": ("output layer exactly zero", {"output_init_scale": 0.0}, {}),
+    "init_0.01": ("output layer 0.01 x LeCun", {"output_init_scale": 0.01}, {}),
+    "init_0.1": ("output layer 0.1 x LeCun", {"output_init_scale": 0.1}, {}),
+    "init_1": ("output layer 1 x LeCun", {"output_init_scale": 1.0}, {}),
+    "scale_exp": ("scale exp(a)", {"transformer": jaxmaf.Affine(scale="exp")}, {}),
+    "scale_softclamp": ("scale exp(5 tanh(a / 5))",
+                        {"transformer": jaxmaf.Affine(scale="exp_softclamp")}, {}),
+    "softplus_min_1e-2": ("softplus scale, min 1e-2",
+                          {"transformer": jaxmaf.Affine(min_scale=1e-2)}, {}),
+    "degrees_equal": ("hidden degrees equal (cyclic)", {"hidden_degrees": "equal"}, {}),
+    "degrees_random": ("hidden degrees random", {"hidden_degrees": "random"}, {}),
+    "perm_reverse": ("reverse permutations", {"permutation": "reverse"}, {}),
+    "perm_random": ("random permutations (from rngs)", {"permutation": "random"}, {}),
+    "patience_none": ("no early stopping (best epoch of all)", {}, {"patience": None}),
+    "patience_10": ("patience 10", {}, {"patience": 10}),
+    "clip_5": ("Adam after clipping the gradient norm at 5", {},
+               {"optimizer": lambda lr, steps: optax.chain(optax.clip_by_global_norm(5.0),
+                                                           optax.adam(lr))}),
+    "warmup": ("learning rate warm-up over the first 2 epochs", {},
+               {"optimizer": lambda lr, steps: optax.adam(exponential_warmup(lr, 2 * steps))}),
+    "masked_fan_in": ("LeCun init over the unmasked fan-in", {}, {}, masked_fan_in),
+    "bias_zero": ("hidden biases zero", {}, {}, lambda flow, seed: zero_bias(flow)),
+    "uniform_init": ("flowjax's init: U(+-1/sqrt(fan_in)) weights and biases", {}, {},
+                     uniform_init),
+}
+
+
+def fit_jaxmaf(data, dim, args, seed, variant):
+    _, flow_kwargs, fit_kwargs, *hook = VARIANTS[variant]
+    fit_kwargs = dict(fit_kwargs)
+    steps = -(-len(data.train) // args.batch_size)
+    make_opt = fit_kwargs.pop("optimizer", lambda lr, steps: optax.adam(lr))
+    patience = fit_kwargs.pop("patience", args.patience)
+    t0 = time.perf_counter()
+    flow = jaxmaf.MAF(dim, args.layers, (hidden_width(dim, args),) * args.depth,
+                      activation="relu", rngs=nnx.Rngs(seed), **flow_kwargs)
+    for h in hook:
+        h(flow, seed)
+    history = jaxmaf.fit(flow, data.train, validation_data=data.validation,
+                         optimizer=make_opt(args.lr, steps), batch_size=args.batch_size,
+                         num_epochs=args.epochs, patience=patience, seed=seed, progress=False)
+    elapsed = time.perf_counter() - t0
+    nll = -float(jnp.mean(nnx.jit(lambda f, x: f.log_prob(x))(flow, data.test)))
+    return nll, elapsed, history.best_epoch
+
+
+def fit_flowjax(data, dim, args, seed):
+    import equinox as eqx
+    import paramax
+    from flowjax.distributions import Normal
+    from flowjax.flows import masked_autoregressive_flow
+    from flowjax.train.losses import MaximumLikelihoodLoss
+    from flowjax.train.train_utils import get_batches, step
+
+    t0 = time.perf_counter()
+    key, init_key = jax.random.split(jax.random.key(seed))
+    dist = masked_autoregressive_flow(
+        init_key, base_dist=Normal(jnp.zeros(dim)), flow_layers=args.layers,
+        nn_width=hidden_width(dim, args), nn_depth=args.depth, nn_activation=jax.nn.relu,
+    )
+    params, static = eqx.partition(dist, eqx.is_inexact_array,
+                                   is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+    optimizer = optax.adam(args.lr)
+    opt_state = optimizer.init(params)
+    loss_fn = MaximumLikelihoodLoss()
+    val_loss = eqx.filter_jit(loss_fn)
+    train, val = jnp.asarray(data.train), jnp.asarray(data.validation)
+    best, best_loss, best_epoch, since_best = params, math.inf, -1, 0
+    for epoch in range(args.epochs):
+        if since_best >= args.patience:
+            break
+        key, perm_key = jax.random.split(key)
+        for (batch,) in zip(*get_batches((jax.random.permutation(perm_key, train),),
+                                         args.batch_size), strict=True):
+            key, sub = jax.random.split(key)
+            params, opt_state, _ = step(params, static, batch, optimizer=optimizer,
+                                        opt_state=opt_state, loss_fn=loss_fn, key=sub)
+        key, sub = jax.random.split(key)
+        loss = float(val_loss(params, static, val, key=sub))
+        if math.isfinite(loss) and loss < best_loss:
+            best, best_loss, best_epoch, since_best = params, loss, epoch, 0
+        else:
+            since_best += 1
+    elapsed = time.perf_counter() - t0
+    flow = eqx.combine(best, static)
+    nll = -float(jnp.mean(eqx.filter_jit(lambda f, x: f.log_prob(x))(flow, jnp.asarray(
+        data.test))))
+    return nll, elapsed, best_epoch
+
+
+def hidden_width(dim, args):
+    return args.width_2d if dim <= 2 else args.width
+
+
+def summarise(a, b):
+    """Mean/std of each and the paired difference a - b with its standard error."""
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return statistics.fmean(diff), se
+
+
+def std(values):
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/out", help="writes DIR/accuracy.json")
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke run: 2 seeds, 3 epochs, smaller data")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--datasets", default="suite",
+                   help="suite, heldout, all, or a comma-separated list of names")
+    p.add_argument("--variants", default="default",
+                   help=f"comma-separated jaxmaf variants: {', '.join(VARIANTS)}")
+    p.add_argument("--no-flowjax", action="store_true")
+    p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--depth", type=int, default=2, help="MADE hidden layers")
+    p.add_argument("--width", type=int, default=256, help="MADE width above 2 dimensions")
+    p.add_argument("--width-2d", type=int, default=64, help="MADE width for 2-d data")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--patience", type=int, default=20)
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.epochs = min(args.seeds, 2), 3
+    names = {"suite": SUITE, "heldout": HELDOUT, "all": SUITE + HELDOUT}.get(
+        args.datasets, tuple(args.datasets.split(",")))
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}: expected one of {', '.join(VARIANTS)}")
+    if "default" not in variants:
+        variants.insert(0, "default")
+    use_flowjax = not args.no_flowjax
+    if use_flowjax:
+        try:
+            import flowjax  # noqa: F401
+        except ImportError:
+            p.error("flowjax is not installed: pip install -e '.[bench]', or pass --no-flowjax")
+
+    print(f"backend={jax.default_backend()} devices={jax.devices()} "
+          f"python={platform.python_version()} jax={jax.__version__}")
+    print(f"{args.layers} MAF layers, MADE {args.depth}x{args.width_2d} (2-d) / "
+          f"{args.depth}x{args.width} (above), ReLU, Adam {args.lr}, batch {args.batch_size}, "
+          f"<= {args.epochs} epochs, patience {args.patience}, {args.seeds} seeds")
+    result = {"settings": vars(args) | {"datasets": list(names), "variants": variants},
+              "backend": jax.default_backend(), "datasets": {}}
+    for name in names:
+        data = load(name, args.quick)
+        dim = data.train.shape[1]
+        entry = {"dim": dim, "sizes": [len(data.train), len(data.validation), len(data.test)],
+                 "variants": {}}
+        for seed in range(args.seeds):
+            for variant in variants:
+                nll, elapsed, best_epoch = fit_jaxmaf(data, dim, args, seed, variant)
+                rec = entry["variants"].setdefault(variant, {"nll": [], "time": [],
+                                                             "best_epoch": []})
+                rec["nll"].append(nll)
+                rec["time"].append(elapsed)
+                rec["best_epoch"].append(best_epoch)
+            if use_flowjax:
+                nll, elapsed, best_epoch = fit_flowjax(data, dim, args, seed)
+                rec = entry.setdefault("flowjax_fit", {"nll": [], "time": [], "best_epoch": []})
+                rec["nll"].append(nll)
+                rec["time"].append(elapsed)
+                rec["best_epoch"].append(best_epoch)
+        entry["jaxmaf"] = entry["variants"]["default"]["nll"]
+        entry["jaxmaf_time"] = entry["variants"]["default"]["time"]
+        line = f"{name:16s} D={dim:3d} jaxmaf {statistics.fmean(entry['jaxmaf']):9.4f}"
+        line += f" +- {std(entry['jaxmaf']):.4f} ({statistics.fmean(entry['jaxmaf_time']):5.1f} s)"
+        if use_flowjax:
+            entry["flowjax"] = entry["flowjax_fit"]["nll"]
+            entry["flowjax_time"] = entry["flowjax_fit"]["time"]
+            diff, se = summarise(entry["jaxmaf"], entry["flowjax"])
+            entry["paired_diff"], entry["paired_se"] = diff, se
+            entry["verdict"] = ("better" if diff < -se else "worse" if diff > se else "tie")
+            line += (f" | flowjax {statistics.fmean(entry['flowjax']):9.4f} +- "
+                     f"{std(entry['flowjax']):.4f} "
+                     f"({statistics.fmean(entry['flowjax_time']):5.1f} s) | diff {diff:+.4f}"
+                     f" +- {se:.4f} {entry['verdict']}")
+        print(line, flush=True)
+        for variant in variants[1:]:
+            diff, se = summarise(entry["variants"][variant]["nll"], entry["jaxmaf"])
+            entry["variants"][variant]["diff_vs_default"] = [diff, se]
+            print(f"    {variant:18s} {statistics.fmean(entry['variants'][variant]['nll']):9.4f}"
+                  f"  vs default {diff:+.4f} +- {se:.4f}", flush=True)
+        result["datasets"][name] = entry
+
+    if use_flowjax:
+        diffs = [e["paired_diff"] for e in result["datasets"].values()]
+        result["mean_paired_diff"] = statistics.fmean(diffs)
+        counts = {v: sum(e["verdict"] == v for e in result["datasets"].values())
+                  for v in ("better", "tie", "worse")}
+        result["verdicts"] = counts
+        print(f"mean paired difference over {len(diffs)} data sets: "
+              f"{result['mean_paired_diff']:+.4f} nats (negative: jaxmaf better); {counts}")
+    if len(variants) > 1:
+        print("\nablation: mean over data sets of (variant - default), nats")
+        result["ablation"] = {}
+        for variant in variants[1:]:
+            d = [e["variants"][variant]["diff_vs_default"][0]
+                 for e in result["datasets"].values()]
+            worse = sum(x > 0 for x in d)
+            result["ablation"][variant] = {"mean_diff": statistics.fmean(d),
+                                           "per_dataset": d}
+            print(f"  {variant:18s} {statistics.fmean(d):+.4f}  (worse than default on "
+                  f"{worse}/{len(d)}) {VARIANTS[variant][0]}")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "accuracy.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
