@@ -92,6 +92,17 @@ def zero_bias(flow):
             layer.bias[...] = jnp.zeros_like(layer.bias[...])
 
 
+def uniform_kernels(flow, seed):
+    """Hidden kernels U(+-1/sqrt(fan_in)); biases and the output layer unchanged."""
+    key = jax.random.key(3000 + seed)
+    for made in flow.layers:
+        for layer in made.hidden:
+            key, sub = jax.random.split(key)
+            lim = 1 / math.sqrt(layer.kernel.shape[0])
+            layer.kernel[...] = jax.random.uniform(sub, layer.kernel.shape, minval=-lim,
+                                                   maxval=lim)
+
+
 def uniform_init(flow, seed):
     """The initialisation of flowjax (equinox's): U(+-1/sqrt(fan_in)) kernels and biases."""
     key = jax.random.key(1000 + seed)
@@ -128,6 +139,8 @@ VARIANTS: dict[str, tuple] = {
                {"optimizer": lambda lr, steps: optax.adam(exponential_warmup(lr, 2 * steps))}),
     "masked_fan_in": ("LeCun init over the unmasked fan-in", {}, {}, masked_fan_in),
     "bias_zero": ("hidden biases zero", {}, {}, lambda flow, seed: zero_bias(flow)),
+    "kernel_uniform": ("hidden kernels U(+-1/sqrt(fan_in)) (std / sqrt(3))", {}, {},
+                       lambda flow, seed: uniform_kernels(flow, seed)),
     "uniform_init": ("flowjax's init: U(+-1/sqrt(fan_in)) weights and biases", {}, {},
                      uniform_init),
 }
@@ -209,6 +222,33 @@ def summarise(a, b):
 
 def std(values):
     return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def markdown(result, use_flowjax, variants):
+    """The comparison (and the ablation) as markdown tables, for the README."""
+    rows = ["| data set | D | jaxmaf | flowjax | jaxmaf - flowjax (paired, +- s.e.) | fit time "
+            "jaxmaf / flowjax |", "|---|---|---|---|---|---|"]
+    for name, e in result["datasets"].items():
+        cells = [name, str(e["dim"]),
+                 f"{statistics.fmean(e['jaxmaf']):.3f} +- {std(e['jaxmaf']):.3f}"]
+        if use_flowjax:
+            cells += [f"{statistics.fmean(e['flowjax']):.3f} +- {std(e['flowjax']):.3f}",
+                      f"{e['paired_diff']:+.3f} +- {e['paired_se']:.3f} ({e['verdict']})",
+                      f"{statistics.fmean(e['jaxmaf_time']):.1f} s / "
+                      f"{statistics.fmean(e['flowjax_time']):.1f} s"]
+        else:
+            cells += ["", "", f"{statistics.fmean(e['jaxmaf_time']):.1f} s"]
+        rows.append("| " + " | ".join(cells) + " |")
+    if len(variants) > 1:
+        names = list(result["datasets"])
+        rows += ["", "| variant (one change from the defaults) | " + " | ".join(names)
+                 + " | mean |", "|---" * (len(names) + 2) + "|"]
+        for v in variants[1:]:
+            d = [result["datasets"][n]["variants"][v]["diff_vs_default"] for n in names]
+            cells = [f"{m:+.3f} +- {se:.3f}" for m, se in d]
+            rows.append(f"| {VARIANTS[v][0]} | " + " | ".join(cells)
+                        + f" | {statistics.fmean(m for m, _ in d):+.3f} |")
+    return "\n".join(rows)
 
 
 def main():
@@ -295,6 +335,7 @@ def main():
             print(f"    {variant:18s} {statistics.fmean(entry['variants'][variant]['nll']):9.4f}"
                   f"  vs default {diff:+.4f} +- {se:.4f}", flush=True)
         result["datasets"][name] = entry
+        write_json(result, args.out)  # after every data set: a long run that dies keeps its part
 
     if use_flowjax:
         diffs = [e["paired_diff"] for e in result["datasets"].values()]
@@ -315,11 +356,17 @@ def main():
                                            "per_dataset": d}
             print(f"  {variant:18s} {statistics.fmean(d):+.4f}  (worse than default on "
                   f"{worse}/{len(d)}) {VARIANTS[variant][0]}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "accuracy.json")
-    with open(path, "w") as f:
+    print("\n" + markdown(result, use_flowjax, variants))
+    print(f"wrote {write_json(result, args.out)}")
+
+
+def write_json(result, out):
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "accuracy.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    os.replace(path + ".tmp", path)
+    return path
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_conditioner_shape_errors_at_trace_time():
         jaxmaf.MaskedAutoregressive(3)
 
 
-@pytest.mark.parametrize("scale", ["softplus", "exp_softclamp"])
+@pytest.mark.parametrize("scale", ["softplus", "exp", "exp_softclamp"])
 def test_affine_log_det_matches_derivative(scale):
     t = jaxmaf.Affine(scale=scale)
     params = jax.random.normal(jax.random.key(4), (D, 2)) * 3
@@ -91,8 +91,8 @@ def test_affine_log_det_matches_derivative(scale):
     np.testing.assert_allclose(ld, jnp.log(jnp.abs(deriv)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(t.inverse(x, params), u, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(t.as_bijector(params).forward(u), x, rtol=1e-6)
-    with pytest.raises(ValueError, match="Unknown scale parameterisation 'exp'"):
-        jaxmaf.Affine(scale="exp")
+    with pytest.raises(ValueError, match="Unknown scale parameterisation 'sigmoid'"):
+        jaxmaf.Affine(scale="sigmoid")
 
 
 class _SpyMADE:
