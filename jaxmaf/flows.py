@@ -488,7 +488,14 @@ class _AutoregressiveFlow(nnx.Module):
 
     def _base_noise(self, key: Array, sample_shape: Sequence[int] | int, context: Array | None):
         check_context(context, self.context_dim)
-        shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+        shape = (sample_shape,) if isinstance(sample_shape, int | np.integer) else tuple(
+            sample_shape)
+        if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0
+               for n in shape):
+            raise ValueError(
+                f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
+            )
+        shape = tuple(int(n) for n in shape)
         batch = () if context is None else tuple(jnp.shape(context)[:-1])
         if self.base == "mog":
             return self.base_distribution().sample(seed=key, sample_shape=shape + batch)

@@ -222,6 +222,17 @@ def test_default_permutations_reverse_in_2d_and_vary_above():
         assert sorted(p) == list(range(10)) and p != tuple(range(10))[::-1]
 
 
+@pytest.mark.parametrize("shape", [-1, (3, -2), (2.0,), (True,)])
+def test_bad_sample_shape_is_refused(shape):
+    flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="sample_shape to be an int >= 0 or a tuple"):
+        flow.sample(jax.random.key(0), shape)
+    with pytest.raises(ValueError, match="sample_shape to be an int >= 0 or a tuple"):
+        flow.sample_and_log_prob(jax.random.key(0), shape)
+    assert flow.sample(jax.random.key(0), np.int64(3)).shape == (3, 2)
+    assert flow.sample(jax.random.key(0), (0,)).shape == (0, 2)
+
+
 def test_zero_output_init_is_identity():
     flow = jaxmaf.MAF(3, 2, (8,), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (5, 3))
