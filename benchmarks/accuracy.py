@@ -51,8 +51,16 @@ from flax import nnx
 import jaxmaf
 from jaxmaf import datasets
 
-SUITE = ("circles", "pinwheel", "two_spirals", "rings", "swiss_roll", "diabetes",
-         "breast_cancer", "digits")
+SUITE = (
+    "circles",
+    "pinwheel",
+    "two_spirals",
+    "rings",
+    "swiss_roll",
+    "diabetes",
+    "breast_cancer",
+    "digits",
+)
 HELDOUT = ("moons", "checkerboard", "eight_gaussians", "wine", "iris")
 
 
@@ -99,8 +107,7 @@ def uniform_kernels(flow, seed):
         for layer in made.hidden:
             key, sub = jax.random.split(key)
             lim = 1 / math.sqrt(layer.kernel.shape[0])
-            layer.kernel[...] = jax.random.uniform(sub, layer.kernel.shape, minval=-lim,
-                                                   maxval=lim)
+            layer.kernel[...] = jax.random.uniform(sub, layer.kernel.shape, minval=-lim, maxval=lim)
 
 
 def uniform_init(flow, seed):
@@ -122,27 +129,50 @@ VARIANTS: dict[str, tuple] = {
     "init_0.1": ("output layer 0.1 x LeCun", {"output_init_scale": 0.1}, {}),
     "init_1": ("output layer 1 x LeCun", {"output_init_scale": 1.0}, {}),
     "scale_exp": ("scale exp(a)", {"transformer": jaxmaf.Affine(scale="exp")}, {}),
-    "scale_softclamp": ("scale exp(5 tanh(a / 5))",
-                        {"transformer": jaxmaf.Affine(scale="exp_softclamp")}, {}),
-    "softplus_min_1e-2": ("softplus scale, min 1e-2",
-                          {"transformer": jaxmaf.Affine(min_scale=1e-2)}, {}),
+    "scale_softclamp": (
+        "scale exp(5 tanh(a / 5))",
+        {"transformer": jaxmaf.Affine(scale="exp_softclamp")},
+        {},
+    ),
+    "softplus_min_1e-2": (
+        "softplus scale, min 1e-2",
+        {"transformer": jaxmaf.Affine(min_scale=1e-2)},
+        {},
+    ),
     "degrees_equal": ("hidden degrees equal (cyclic)", {"hidden_degrees": "equal"}, {}),
     "degrees_random": ("hidden degrees random", {"hidden_degrees": "random"}, {}),
     "perm_reverse": ("reverse permutations", {"permutation": "reverse"}, {}),
     "perm_random": ("random permutations (from rngs)", {"permutation": "random"}, {}),
     "patience_none": ("no early stopping (best epoch of all)", {}, {"patience": None}),
     "patience_10": ("patience 10", {}, {"patience": 10}),
-    "clip_5": ("Adam after clipping the gradient norm at 5", {},
-               {"optimizer": lambda lr, steps: optax.chain(optax.clip_by_global_norm(5.0),
-                                                           optax.adam(lr))}),
-    "warmup": ("learning rate warm-up over the first 2 epochs", {},
-               {"optimizer": lambda lr, steps: optax.adam(exponential_warmup(lr, 2 * steps))}),
+    "clip_5": (
+        "Adam after clipping the gradient norm at 5",
+        {},
+        {
+            "optimizer": lambda lr, steps: optax.chain(
+                optax.clip_by_global_norm(5.0), optax.adam(lr)
+            )
+        },
+    ),
+    "warmup": (
+        "learning rate warm-up over the first 2 epochs",
+        {},
+        {"optimizer": lambda lr, steps: optax.adam(exponential_warmup(lr, 2 * steps))},
+    ),
     "masked_fan_in": ("LeCun init over the unmasked fan-in", {}, {}, masked_fan_in),
     "bias_zero": ("hidden biases zero", {}, {}, lambda flow, seed: zero_bias(flow)),
-    "kernel_uniform": ("hidden kernels U(+-1/sqrt(fan_in)) (std / sqrt(3))", {}, {},
-                       lambda flow, seed: uniform_kernels(flow, seed)),
-    "uniform_init": ("flowjax's init: U(+-1/sqrt(fan_in)) weights and biases", {}, {},
-                     uniform_init),
+    "kernel_uniform": (
+        "hidden kernels U(+-1/sqrt(fan_in)) (std / sqrt(3))",
+        {},
+        {},
+        lambda flow, seed: uniform_kernels(flow, seed),
+    ),
+    "uniform_init": (
+        "flowjax's init: U(+-1/sqrt(fan_in)) weights and biases",
+        {},
+        {},
+        uniform_init,
+    ),
 }
 
 
@@ -153,13 +183,27 @@ def fit_jaxmaf(data, dim, args, seed, variant):
     make_opt = fit_kwargs.pop("optimizer", lambda lr, steps: optax.adam(lr))
     patience = fit_kwargs.pop("patience", args.patience)
     t0 = time.perf_counter()
-    flow = jaxmaf.MAF(dim, args.layers, (hidden_width(dim, args),) * args.depth,
-                      activation="relu", rngs=nnx.Rngs(seed), **flow_kwargs)
+    flow = jaxmaf.MAF(
+        dim,
+        args.layers,
+        (hidden_width(dim, args),) * args.depth,
+        activation="relu",
+        rngs=nnx.Rngs(seed),
+        **flow_kwargs,
+    )
     for h in hook:
         h(flow, seed)
-    history = jaxmaf.fit(flow, data.train, validation_data=data.validation,
-                         optimizer=make_opt(args.lr, steps), batch_size=args.batch_size,
-                         num_epochs=args.epochs, patience=patience, seed=seed, progress=False)
+    history = jaxmaf.fit(
+        flow,
+        data.train,
+        validation_data=data.validation,
+        optimizer=make_opt(args.lr, steps),
+        batch_size=args.batch_size,
+        num_epochs=args.epochs,
+        patience=patience,
+        seed=seed,
+        progress=False,
+    )
     elapsed = time.perf_counter() - t0
     nll = -float(jnp.mean(nnx.jit(lambda f, x: f.log_prob(x))(flow, data.test)))
     return nll, elapsed, history.best_epoch
@@ -176,11 +220,16 @@ def fit_flowjax(data, dim, args, seed):
     t0 = time.perf_counter()
     key, init_key = jax.random.split(jax.random.key(seed))
     dist = masked_autoregressive_flow(
-        init_key, base_dist=Normal(jnp.zeros(dim)), flow_layers=args.layers,
-        nn_width=hidden_width(dim, args), nn_depth=args.depth, nn_activation=jax.nn.relu,
+        init_key,
+        base_dist=Normal(jnp.zeros(dim)),
+        flow_layers=args.layers,
+        nn_width=hidden_width(dim, args),
+        nn_depth=args.depth,
+        nn_activation=jax.nn.relu,
     )
-    params, static = eqx.partition(dist, eqx.is_inexact_array,
-                                   is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+    params, static = eqx.partition(
+        dist, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
+    )
     optimizer = optax.adam(args.lr)
     opt_state = optimizer.init(params)
     loss_fn = MaximumLikelihoodLoss()
@@ -191,11 +240,19 @@ def fit_flowjax(data, dim, args, seed):
         if since_best >= args.patience:
             break
         key, perm_key = jax.random.split(key)
-        for (batch,) in zip(*get_batches((jax.random.permutation(perm_key, train),),
-                                         args.batch_size), strict=True):
+        for (batch,) in zip(
+            *get_batches((jax.random.permutation(perm_key, train),), args.batch_size), strict=True
+        ):
             key, sub = jax.random.split(key)
-            params, opt_state, _ = step(params, static, batch, optimizer=optimizer,
-                                        opt_state=opt_state, loss_fn=loss_fn, key=sub)
+            params, opt_state, _ = step(
+                params,
+                static,
+                batch,
+                optimizer=optimizer,
+                opt_state=opt_state,
+                loss_fn=loss_fn,
+                key=sub,
+            )
         key, sub = jax.random.split(key)
         loss = float(val_loss(params, static, val, key=sub))
         if math.isfinite(loss) and loss < best_loss:
@@ -204,8 +261,7 @@ def fit_flowjax(data, dim, args, seed):
             since_best += 1
     elapsed = time.perf_counter() - t0
     flow = eqx.combine(best, static)
-    nll = -float(jnp.mean(eqx.filter_jit(lambda f, x: f.log_prob(x))(flow, jnp.asarray(
-        data.test))))
+    nll = -float(jnp.mean(eqx.filter_jit(lambda f, x: f.log_prob(x))(flow, jnp.asarray(data.test))))
     return nll, elapsed, best_epoch
 
 
@@ -226,41 +282,62 @@ def std(values):
 
 def markdown(result, use_flowjax, variants):
     """The comparison (and the ablation) as markdown tables, for the README."""
-    rows = ["| data set | D | jaxmaf | flowjax | jaxmaf - flowjax (paired, +- s.e.) | fit time "
-            "jaxmaf / flowjax |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| data set | D | jaxmaf | flowjax | jaxmaf - flowjax (paired, +- s.e.) | fit time "
+        "jaxmaf / flowjax |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, e in result["datasets"].items():
-        cells = [name, str(e["dim"]),
-                 f"{statistics.fmean(e['jaxmaf']):.3f} +- {std(e['jaxmaf']):.3f}"]
+        cells = [
+            name,
+            str(e["dim"]),
+            f"{statistics.fmean(e['jaxmaf']):.3f} +- {std(e['jaxmaf']):.3f}",
+        ]
         if use_flowjax:
-            cells += [f"{statistics.fmean(e['flowjax']):.3f} +- {std(e['flowjax']):.3f}",
-                      f"{e['paired_diff']:+.3f} +- {e['paired_se']:.3f} ({e['verdict']})",
-                      f"{statistics.fmean(e['jaxmaf_time']):.1f} s / "
-                      f"{statistics.fmean(e['flowjax_time']):.1f} s"]
+            cells += [
+                f"{statistics.fmean(e['flowjax']):.3f} +- {std(e['flowjax']):.3f}",
+                f"{e['paired_diff']:+.3f} +- {e['paired_se']:.3f} ({e['verdict']})",
+                f"{statistics.fmean(e['jaxmaf_time']):.1f} s / "
+                f"{statistics.fmean(e['flowjax_time']):.1f} s",
+            ]
         else:
             cells += ["", "", f"{statistics.fmean(e['jaxmaf_time']):.1f} s"]
         rows.append("| " + " | ".join(cells) + " |")
     if len(variants) > 1:
         names = list(result["datasets"])
-        rows += ["", "| variant (one change from the defaults) | " + " | ".join(names)
-                 + " | mean |", "|---" * (len(names) + 2) + "|"]
+        rows += [
+            "",
+            "| variant (one change from the defaults) | " + " | ".join(names) + " | mean |",
+            "|---" * (len(names) + 2) + "|",
+        ]
         for v in variants[1:]:
             d = [result["datasets"][n]["variants"][v]["diff_vs_default"] for n in names]
             cells = [f"{m:+.3f} +- {se:.3f}" for m, se in d]
-            rows.append(f"| {VARIANTS[v][0]} | " + " | ".join(cells)
-                        + f" | {statistics.fmean(m for m, _ in d):+.3f} |")
+            rows.append(
+                f"| {VARIANTS[v][0]} | "
+                + " | ".join(cells)
+                + f" | {statistics.fmean(m for m, _ in d):+.3f} |"
+            )
     return "\n".join(rows)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/out", help="writes DIR/accuracy.json")
-    p.add_argument("--quick", action="store_true",
-                   help="CI smoke run: 2 seeds, 3 epochs, smaller data")
+    p.add_argument(
+        "--quick", action="store_true", help="CI smoke run: 2 seeds, 3 epochs, smaller data"
+    )
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--datasets", default="suite",
-                   help="suite, heldout, all, or a comma-separated list of names")
-    p.add_argument("--variants", default="default",
-                   help=f"comma-separated jaxmaf variants: {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--datasets",
+        default="suite",
+        help="suite, heldout, all, or a comma-separated list of names",
+    )
+    p.add_argument(
+        "--variants",
+        default="default",
+        help=f"comma-separated jaxmaf variants: {', '.join(VARIANTS)}",
+    )
     p.add_argument("--no-flowjax", action="store_true")
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--depth", type=int, default=2, help="MADE hidden layers")
@@ -274,7 +351,8 @@ def main():
     if args.quick:
         args.seeds, args.epochs = min(args.seeds, 2), 3
     names = {"suite": SUITE, "heldout": HELDOUT, "all": SUITE + HELDOUT}.get(
-        args.datasets, tuple(args.datasets.split(",")))
+        args.datasets, tuple(args.datasets.split(","))
+    )
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
@@ -288,23 +366,34 @@ def main():
         except ImportError:
             p.error("flowjax is not installed: pip install -e '.[bench]', or pass --no-flowjax")
 
-    print(f"backend={jax.default_backend()} devices={jax.devices()} "
-          f"python={platform.python_version()} jax={jax.__version__}")
-    print(f"{args.layers} MAF layers, MADE {args.depth}x{args.width_2d} (2-d) / "
-          f"{args.depth}x{args.width} (above), ReLU, Adam {args.lr}, batch {args.batch_size}, "
-          f"<= {args.epochs} epochs, patience {args.patience}, {args.seeds} seeds")
-    result = {"settings": vars(args) | {"datasets": list(names), "variants": variants},
-              "backend": jax.default_backend(), "datasets": {}}
+    print(
+        f"backend={jax.default_backend()} devices={jax.devices()} "
+        f"python={platform.python_version()} jax={jax.__version__}"
+    )
+    print(
+        f"{args.layers} MAF layers, MADE {args.depth}x{args.width_2d} (2-d) / "
+        f"{args.depth}x{args.width} (above), ReLU, Adam {args.lr}, batch {args.batch_size}, "
+        f"<= {args.epochs} epochs, patience {args.patience}, {args.seeds} seeds"
+    )
+    result = {
+        "settings": vars(args) | {"datasets": list(names), "variants": variants},
+        "backend": jax.default_backend(),
+        "datasets": {},
+    }
     for name in names:
         data = load(name, args.quick)
         dim = data.train.shape[1]
-        entry = {"dim": dim, "sizes": [len(data.train), len(data.validation), len(data.test)],
-                 "variants": {}}
+        entry = {
+            "dim": dim,
+            "sizes": [len(data.train), len(data.validation), len(data.test)],
+            "variants": {},
+        }
         for seed in range(args.seeds):
             for variant in variants:
                 nll, elapsed, best_epoch = fit_jaxmaf(data, dim, args, seed, variant)
-                rec = entry["variants"].setdefault(variant, {"nll": [], "time": [],
-                                                             "best_epoch": []})
+                rec = entry["variants"].setdefault(
+                    variant, {"nll": [], "time": [], "best_epoch": []}
+                )
                 rec["nll"].append(nll)
                 rec["time"].append(elapsed)
                 rec["best_epoch"].append(best_epoch)
@@ -323,39 +412,48 @@ def main():
             entry["flowjax_time"] = entry["flowjax_fit"]["time"]
             diff, se = summarise(entry["jaxmaf"], entry["flowjax"])
             entry["paired_diff"], entry["paired_se"] = diff, se
-            entry["verdict"] = ("better" if diff < -se else "worse" if diff > se else "tie")
-            line += (f" | flowjax {statistics.fmean(entry['flowjax']):9.4f} +- "
-                     f"{std(entry['flowjax']):.4f} "
-                     f"({statistics.fmean(entry['flowjax_time']):5.1f} s) | diff {diff:+.4f}"
-                     f" +- {se:.4f} {entry['verdict']}")
+            entry["verdict"] = "better" if diff < -se else "worse" if diff > se else "tie"
+            line += (
+                f" | flowjax {statistics.fmean(entry['flowjax']):9.4f} +- "
+                f"{std(entry['flowjax']):.4f} "
+                f"({statistics.fmean(entry['flowjax_time']):5.1f} s) | diff {diff:+.4f}"
+                f" +- {se:.4f} {entry['verdict']}"
+            )
         print(line, flush=True)
         for variant in variants[1:]:
             diff, se = summarise(entry["variants"][variant]["nll"], entry["jaxmaf"])
             entry["variants"][variant]["diff_vs_default"] = [diff, se]
-            print(f"    {variant:18s} {statistics.fmean(entry['variants'][variant]['nll']):9.4f}"
-                  f"  vs default {diff:+.4f} +- {se:.4f}", flush=True)
+            print(
+                f"    {variant:18s} {statistics.fmean(entry['variants'][variant]['nll']):9.4f}"
+                f"  vs default {diff:+.4f} +- {se:.4f}",
+                flush=True,
+            )
         result["datasets"][name] = entry
         write_json(result, args.out)  # after every data set: a long run that dies keeps its part
 
     if use_flowjax:
         diffs = [e["paired_diff"] for e in result["datasets"].values()]
         result["mean_paired_diff"] = statistics.fmean(diffs)
-        counts = {v: sum(e["verdict"] == v for e in result["datasets"].values())
-                  for v in ("better", "tie", "worse")}
+        counts = {
+            v: sum(e["verdict"] == v for e in result["datasets"].values())
+            for v in ("better", "tie", "worse")
+        }
         result["verdicts"] = counts
-        print(f"mean paired difference over {len(diffs)} data sets: "
-              f"{result['mean_paired_diff']:+.4f} nats (negative: jaxmaf better); {counts}")
+        print(
+            f"mean paired difference over {len(diffs)} data sets: "
+            f"{result['mean_paired_diff']:+.4f} nats (negative: jaxmaf better); {counts}"
+        )
     if len(variants) > 1:
         print("\nablation: mean over data sets of (variant - default), nats")
         result["ablation"] = {}
         for variant in variants[1:]:
-            d = [e["variants"][variant]["diff_vs_default"][0]
-                 for e in result["datasets"].values()]
+            d = [e["variants"][variant]["diff_vs_default"][0] for e in result["datasets"].values()]
             worse = sum(x > 0 for x in d)
-            result["ablation"][variant] = {"mean_diff": statistics.fmean(d),
-                                           "per_dataset": d}
-            print(f"  {variant:18s} {statistics.fmean(d):+.4f}  (worse than default on "
-                  f"{worse}/{len(d)}) {VARIANTS[variant][0]}")
+            result["ablation"][variant] = {"mean_diff": statistics.fmean(d), "per_dataset": d}
+            print(
+                f"  {variant:18s} {statistics.fmean(d):+.4f}  (worse than default on "
+                f"{worse}/{len(d)}) {VARIANTS[variant][0]}"
+            )
     print("\n" + markdown(result, use_flowjax, variants))
     print(f"wrote {write_json(result, args.out)}")
 

@@ -57,20 +57,32 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     data = datasets.digits()
     flow = jaxmaf.MAF(64, 5, (256, 256), rngs=nnx.Rngs(0))
-    h = jaxmaf.fit(flow, data.train, validation_data=data.validation, optimizer=optax.adam(1e-3),
-                   batch_size=128, num_epochs=args.epochs, patience=20, progress=False)
+    h = jaxmaf.fit(
+        flow,
+        data.train,
+        validation_data=data.validation,
+        optimizer=optax.adam(1e-3),
+        batch_size=128,
+        num_epochs=args.epochs,
+        patience=20,
+        progress=False,
+    )
     test_nll = -float(flow.log_prob(data.test).mean())
-    print(f"backend {jax.default_backend()}; trained MAF 5x(256, 256) on digits: "
-          f"{len(h.train_loss)} epochs, best {h.best_epoch}, test NLL {test_nll:.2f} nats "
-          f"(logit space)")
+    print(
+        f"backend {jax.default_backend()}; trained MAF 5x(256, 256) on digits: "
+        f"{len(h.train_loss)} epochs, best {h.best_epoch}, test NLL {test_nll:.2f} nats "
+        f"(logit space)"
+    )
     graphdef, params = nnx.split(flow)
     key = jax.random.key(1)
     n = args.num_samples
 
     def sampler(method, tol):
         def fn(p, k):
-            return nnx.merge(graphdef, p).sample(k, (n,), method=method, tol=tol,
-                                                 return_iterations=True)
+            return nnx.merge(graphdef, p).sample(
+                k, (n,), method=method, tol=tol, return_iterations=True
+            )
+
         return jax.jit(fn)
 
     tols = (0.0, 1e-6, 1e-4, 1e-3)
@@ -78,22 +90,47 @@ def main(argv=None):
     medians = time_interleaved(fns, (params, key), args.repeats)
     exact, _ = fns["exact"](params, key)
     t_exact = medians["exact"]
-    rows = [dict(method="exact", tol=0.0, median_ms=1e3 * t_exact, iterations=[64] * 5,
-                 max_abs_diff=0.0, speedup=1.0)]
-    print(f"\n{'method':<8} {'tol':>8} {'median (ms)':>12} {'speedup':>8} {'max |diff|':>11}  "
-          f"passes per layer")
+    rows = [
+        dict(
+            method="exact",
+            tol=0.0,
+            median_ms=1e3 * t_exact,
+            iterations=[64] * 5,
+            max_abs_diff=0.0,
+            speedup=1.0,
+        )
+    ]
+    print(
+        f"\n{'method':<8} {'tol':>8} {'median (ms)':>12} {'speedup':>8} {'max |diff|':>11}  "
+        f"passes per layer"
+    )
     print(f"{'exact':<8} {'-':>8} {1e3 * t_exact:>12.1f} {1.0:>7.2f}x {0.0:>11.1e}  [64] * 5")
     for tol in tols:
         x, iters = fns[tol](params, key)
         t = medians[tol]
         diff = float(np.max(np.abs(np.asarray(x) - np.asarray(exact))))
-        rows.append(dict(method="jacobi", tol=tol, median_ms=1e3 * t,
-                         iterations=np.asarray(iters).tolist(), max_abs_diff=diff,
-                         speedup=t_exact / t))
-        print(f"{'jacobi':<8} {tol:>8.0e} {1e3 * t:>12.1f} {t_exact / t:>7.2f}x {diff:>11.1e}  "
-              f"{np.asarray(iters).tolist()}")
-    result = dict(rows=rows, num_samples=n, epochs=len(h.train_loss), test_nll=test_nll,
-                  backend=jax.default_backend(), jax=jax.__version__)
+        rows.append(
+            dict(
+                method="jacobi",
+                tol=tol,
+                median_ms=1e3 * t,
+                iterations=np.asarray(iters).tolist(),
+                max_abs_diff=diff,
+                speedup=t_exact / t,
+            )
+        )
+        print(
+            f"{'jacobi':<8} {tol:>8.0e} {1e3 * t:>12.1f} {t_exact / t:>7.2f}x {diff:>11.1e}  "
+            f"{np.asarray(iters).tolist()}"
+        )
+    result = dict(
+        rows=rows,
+        num_samples=n,
+        epochs=len(h.train_loss),
+        test_nll=test_nll,
+        backend=jax.default_backend(),
+        jax=jax.__version__,
+    )
     with open(os.path.join(args.out, "jacobi_sampling.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}/jacobi_sampling.json")

@@ -49,27 +49,48 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/out/logdet_scaling")
     p.add_argument("--min-dim", type=int, default=2)
-    p.add_argument("--max-dim", type=int, default=2048,
-                   help="largest D for the linear-algebra pair (2048: see the note in the doc)")
-    p.add_argument("--diag-max-dim", type=int, default=2**24,
-                   help="largest D for the log-det from the diagonal alone (triangular_diag)")
-    p.add_argument("--layer-max-dim", type=int, default=512,
-                   help="largest D for the (slow) dense layer/flow Jacobians")
+    p.add_argument(
+        "--max-dim",
+        type=int,
+        default=2048,
+        help="largest D for the linear-algebra pair (2048: see the note in the doc)",
+    )
+    p.add_argument(
+        "--diag-max-dim",
+        type=int,
+        default=2**24,
+        help="largest D for the log-det from the diagonal alone (triangular_diag)",
+    )
+    p.add_argument(
+        "--layer-max-dim",
+        type=int,
+        default=512,
+        help="largest D for the (slow) dense layer/flow Jacobians",
+    )
     p.add_argument("--batch", type=int, default=16, help="points per layer evaluation")
     p.add_argument("--hidden", type=int, default=128, help="MADE hidden width (2 layers)")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--budget-s", type=float, default=0.25,
-                   help="fast calls repeat until this many seconds per (method, D)")
-    p.add_argument("--quick", action="store_true", help="D up to 64 (diagonal alone: 4096), "
-                   "3 repeats (CI smoke)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=0.25,
+        help="fast calls repeat until this many seconds per (method, D)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="D up to 64 (diagonal alone: 4096), 3 repeats (CI smoke)",
+    )
     p.add_argument("--x64", action="store_true", help="float64 (enables jax_enable_x64)")
     args = p.parse_args(argv)
     if args.quick:
         args.max_dim, args.layer_max_dim, args.diag_max_dim, args.repeats = 64, 64, 4096, 3
         args.budget_s = 0.02
     if not args.min_dim <= args.max_dim <= args.diag_max_dim:
-        p.error(f"expected --min-dim <= --max-dim <= --diag-max-dim, got {args.min_dim}, "
-                f"{args.max_dim}, {args.diag_max_dim}")
+        p.error(
+            f"expected --min-dim <= --max-dim <= --diag-max-dim, got {args.min_dim}, "
+            f"{args.max_dim}, {args.diag_max_dim}"
+        )
     return args
 
 
@@ -111,19 +132,30 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     dtype = jaxmaf.made.default_dtype()
     dev = jax.devices()[0]
-    print(f"backend: {jax.default_backend()} ({dev.device_kind}); dtype {dtype.name}; "
-          f"jax {jax.__version__}")
+    print(
+        f"backend: {jax.default_backend()} ({dev.device_kind}); dtype {dtype.name}; "
+        f"jax {jax.__version__}"
+    )
     dims = [int(d) for d in 2 ** np.arange(0, 31) if args.min_dim <= d <= args.max_dim]
     diag_dims = [int(d) for d in 2 ** np.arange(0, 31) if args.min_dim <= d <= args.diag_max_dim]
     rows, max_diff = [], 0.0
 
     def record(dim, method, compile_s, times):
-        row = dict(dim=int(dim), method=method, median_ms=1e3 * statistics.median(times),
-                   min_ms=1e3 * min(times), max_ms=1e3 * max(times), compile_ms=1e3 * compile_s)
+        row = dict(
+            dim=int(dim),
+            method=method,
+            median_ms=1e3 * statistics.median(times),
+            min_ms=1e3 * min(times),
+            max_ms=1e3 * max(times),
+            compile_ms=1e3 * compile_s,
+        )
         rows.append(row)
-        print(f"D={dim:>5} {method:<16} median {row['median_ms']:10.4f} ms  "
-              f"(min {row['min_ms']:.4f}, max {row['max_ms']:.4f}; "
-              f"compile {row['compile_ms']:.0f} ms)", flush=True)
+        print(
+            f"D={dim:>5} {method:<16} median {row['median_ms']:10.4f} ms  "
+            f"(min {row['min_ms']:.4f}, max {row['max_ms']:.4f}; "
+            f"compile {row['compile_ms']:.0f} ms)",
+            flush=True,
+        )
 
     timed_ = functools.partial(timed, repeats=args.repeats, budget_s=args.budget_s)
 
@@ -151,8 +183,13 @@ def main(argv=None):
             continue
         x = jax.random.normal(k2, (args.batch, dim), dtype)
         for name, layers in (("layer", 1), ("flow4", 4)):
-            flow = jaxmaf.MAF(int(dim), layers, (args.hidden, args.hidden),
-                              output_init_scale=0.1, rngs=nnx.Rngs(int(dim)))
+            flow = jaxmaf.MAF(
+                int(dim),
+                layers,
+                (args.hidden, args.hidden),
+                output_init_scale=0.1,
+                rngs=nnx.Rngs(int(dim)),
+            )
             graphdef, params = nnx.split(flow)
 
             def analytic(p, x, graphdef=graphdef):
@@ -171,7 +208,7 @@ def main(argv=None):
     slopes = {}
     for m in methods:
         pts = [(r["dim"], r["median_ms"]) for r in rows if r["method"] == m]
-        upper = pts[-max(3, len(pts) // 3):]  # the largest third of the range (>= 3 points)
+        upper = pts[-max(3, len(pts) // 3) :]  # the largest third of the range (>= 3 points)
         slopes[m] = slope(*zip(*upper, strict=True)) if len(upper) >= 2 else float("nan")
     print("\nlog-log slopes over the largest third of the range (time ~ D^slope):")
     for m, s in slopes.items():
@@ -179,21 +216,31 @@ def main(argv=None):
     speedups = {}
     for dim in dims:
         med = {r["method"]: r["median_ms"] for r in rows if r["dim"] == dim}
-        speedups[int(dim)] = {k: med[f"{k}_dense" if k != "linalg" else "dense_slogdet"]
-                              / med[f"{k}_analytic" if k != "linalg" else "triangular"]
-                              for k in ("linalg", "layer", "flow4")
-                              if f"{k}_dense" in med or k == "linalg"}
+        speedups[int(dim)] = {
+            k: med[f"{k}_dense" if k != "linalg" else "dense_slogdet"]
+            / med[f"{k}_analytic" if k != "linalg" else "triangular"]
+            for k in ("linalg", "layer", "flow4")
+            if f"{k}_dense" in med or k == "linalg"
+        }
     print("\ndense / analytic time ratio by D:")
     for dim, s in speedups.items():
         print(f"  D={dim:>5} " + "  ".join(f"{k} {v:8.1f}x" for k, v in s.items()))
     print(f"\nmax |analytic - dense| log-det over the run ({dtype.name}): {max_diff:.3e}")
 
     result = dict(
-        rows=rows, slopes=slopes, speedup_dense_over_analytic=speedups,
-        max_abs_logdet_diff=max_diff, dtype=dtype.name, backend=jax.default_backend(),
-        device=dev.device_kind, batch=args.batch, hidden=args.hidden, repeats=args.repeats,
-        versions=dict(jax=jax.__version__, jaxmaf=jaxmaf.__version__,
-                      python=platform.python_version()),
+        rows=rows,
+        slopes=slopes,
+        speedup_dense_over_analytic=speedups,
+        max_abs_logdet_diff=max_diff,
+        dtype=dtype.name,
+        backend=jax.default_backend(),
+        device=dev.device_kind,
+        batch=args.batch,
+        hidden=args.hidden,
+        repeats=args.repeats,
+        versions=dict(
+            jax=jax.__version__, jaxmaf=jaxmaf.__version__, python=platform.python_version()
+        ),
     )
     with open(os.path.join(args.out, "logdet_scaling.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -210,8 +257,9 @@ def plot(rows, methods, path, result):
     import numpy as np
 
     def curve(method):
-        d, t = zip(*[(r["dim"], r["median_ms"]) for r in rows if r["method"] == method],
-                   strict=True)
+        d, t = zip(
+            *[(r["dim"], r["median_ms"]) for r in rows if r["method"] == method], strict=True
+        )
         return np.asarray(d, float), np.asarray(t)
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -220,12 +268,17 @@ def plot(rows, methods, path, result):
         style = dict(color="0.6", lw=1.0, ls="-", marker=".") if m == "call_floor" else {}
         ax.loglog(d, t, **({"marker": "o"} | style), label=f"{m} (slope {result['slopes'][m]:.2f})")
     # Each reference line spans its curve's range and meets the curve's largest-D point.
-    for method, power, style, name in (("dense_slogdet", 3, "k--", "O(D^3)"),
-                                       ("triangular_diag", 1, "k:", "O(D)")):
+    for method, power, style, name in (
+        ("dense_slogdet", 3, "k--", "O(D^3)"),
+        ("triangular_diag", 1, "k:", "O(D)"),
+    ):
         d, t = curve(method)
         ax.loglog(d, t[-1] * (d / d[-1]) ** power, style, lw=0.8, label=f"{name} through {method}")
-    ax.set(xlabel="D", ylabel="median time per call (ms)",
-           title=f"log-det cost on {result['backend']} ({result['device']}, {result['dtype']})")
+    ax.set(
+        xlabel="D",
+        ylabel="median time per call (ms)",
+        title=f"log-det cost on {result['backend']} ({result['device']}, {result['dtype']})",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

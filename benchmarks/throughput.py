@@ -125,8 +125,14 @@ def split_flat(module):
 
 def jaxmaf_impl(w):
     transformer = jaxmaf.Spline(w["spline_bins"], 3.0) if "spline_bins" in w else "affine"
-    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], transformer=transformer,
-                      output_init_scale=0.1, rngs=nnx.Rngs(0))
+    flow = jaxmaf.MAF(
+        w["dim"],
+        w["layers"],
+        w["hidden"],
+        transformer=transformer,
+        output_init_scale=0.1,
+        rngs=nnx.Rngs(0),
+    )
     params, build = split_flat(flow)
 
     def log_prob(p, x):
@@ -141,8 +147,7 @@ def jaxmaf_impl(w):
 def floor_impl(w):
     """The same shapes and work with unmasked dense layers."""
     affine_only(w)
-    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], output_init_scale=0.1,
-                      rngs=nnx.Rngs(0))
+    flow = jaxmaf.MAF(w["dim"], w["layers"], w["hidden"], output_init_scale=0.1, rngs=nnx.Rngs(0))
     params, treedef = jax.tree.flatten(nnx.state(flow, nnx.Param).to_pure_dict())
     dim = w["dim"]
     rev = np.arange(dim)[::-1]  # a gather, as jaxmaf.Permute (a flip is slower in a flow)
@@ -194,11 +199,17 @@ def flowjax_impl(w):
         from flowjax.bijections import RationalQuadraticSpline
 
         extra["transformer"] = RationalQuadraticSpline(knots=w["spline_bins"], interval=3.0)
-    flow = masked_autoregressive_flow(jax.random.key(0), base_dist=Normal(jnp.zeros(w["dim"])),
-                                      flow_layers=w["layers"], nn_width=w["hidden"][0],
-                                      nn_depth=len(w["hidden"]), **extra)
-    params, static = eqx.partition(flow, eqx.is_inexact_array,
-                                   is_leaf=lambda x: isinstance(x, paramax.NonTrainable))
+    flow = masked_autoregressive_flow(
+        jax.random.key(0),
+        base_dist=Normal(jnp.zeros(w["dim"])),
+        flow_layers=w["layers"],
+        nn_width=w["hidden"][0],
+        nn_depth=len(w["hidden"]),
+        **extra,
+    )
+    params, static = eqx.partition(
+        flow, eqx.is_inexact_array, is_leaf=lambda x: isinstance(x, paramax.NonTrainable)
+    )
     params, treedef = jax.tree.flatten(params)
 
     def build(p):
@@ -220,8 +231,10 @@ def tfp_impl(w):
 
     tfb, tfd = tfp.bijectors, tfp.distributions
     dim = w["dim"]
-    mades = [jaxmaf.MADE(dim, w["hidden"], 2, rngs=nnx.Rngs(i), output_init_scale=0.1)
-             for i in range(w["layers"])]
+    mades = [
+        jaxmaf.MADE(dim, w["hidden"], 2, rngs=nnx.Rngs(i), output_init_scale=0.1)
+        for i in range(w["layers"])
+    ]
     splits = [split_flat(m) for m in mades]
     params = [p for p, _ in splits]
 
@@ -249,16 +262,19 @@ def tfp_impl(w):
     return params, log_prob, sample
 
 
-IMPLS = {"floor": floor_impl, "jaxmaf": jaxmaf_impl, "flowjax": flowjax_impl,
-         "tfp_jax": tfp_impl}
+IMPLS = {"floor": floor_impl, "jaxmaf": jaxmaf_impl, "flowjax": flowjax_impl, "tfp_jax": tfp_impl}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/out/throughput")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--min-seconds", type=float, default=10.0,
-                    help="train-step and log_prob rounds go on until this many seconds per task")
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=10.0,
+        help="train-step and log_prob rounds go on until this many seconds per task",
+    )
     ap.add_argument("--sample-repeats", type=int, default=3)
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -267,8 +283,9 @@ def main(argv=None):
     if args.quick:
         args.workloads, args.repeats, args.sample_repeats, args.min_seconds = "D2", 3, 1, 0.0
     os.makedirs(args.out, exist_ok=True)
-    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); "
-          f"jax {jax.__version__}")
+    print(
+        f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); jax {jax.__version__}"
+    )
     rows = []
     # Warm-up: the first program measured in a process runs slower (thread pools, caches);
     # one discarded pass keeps that off whichever implementation comes first.
@@ -278,8 +295,10 @@ def main(argv=None):
     time_interleaved({"warm-up": (compiled0, (p0, jnp.zeros((N_EVAL, w0["dim"]))))}, 3)
     for wname in args.workloads.split(","):
         w = WORKLOADS[wname]
-        print(f"\n== {wname}: D={w['dim']}, {w['layers']} layers, MADE {w['hidden']}, "
-              f"batch {w['batch']}")
+        print(
+            f"\n== {wname}: D={w['dim']}, {w['layers']} layers, MADE {w['hidden']}, "
+            f"batch {w['batch']}"
+        )
         rng = np.random.default_rng(0)
         x_batch = jnp.asarray(rng.normal(size=(w["batch"], w["dim"])), jnp.float32)
         x_eval = jnp.asarray(rng.normal(size=(N_EVAL, w["dim"])), jnp.float32)
@@ -293,29 +312,47 @@ def main(argv=None):
                 print(f"{name}: skipped ({e})")
                 continue
             opt, step = adam_step(lambda p, x, lp=log_prob: -jnp.mean(lp(p, x)))
-            fns = {"train_step": (step, (params, opt.init(params), x_batch)),
-                   "log_prob_10k": (log_prob, (params, x_eval)),
-                   "sample_10k": (sample, (params, jax.random.key(1)))}
+            fns = {
+                "train_step": (step, (params, opt.init(params), x_batch)),
+                "log_prob_10k": (log_prob, (params, x_eval)),
+                "sample_10k": (sample, (params, jax.random.key(1))),
+            }
             for task in tasks:
                 fn, fargs = fns[task]
                 compiled, compile_s = compile_fn(fn, *fargs)
                 tasks[task][name] = (compiled, fargs, compile_s)
         for task, calls in tasks.items():
             sampling = task == "sample_10k"
-            times = time_interleaved({n: c[:2] for n, c in calls.items()},
-                                     args.sample_repeats if sampling else args.repeats,
-                                     0.0 if sampling else args.min_seconds)
+            times = time_interleaved(
+                {n: c[:2] for n, c in calls.items()},
+                args.sample_repeats if sampling else args.repeats,
+                0.0 if sampling else args.min_seconds,
+            )
             for name, ts in times.items():
                 med, lo, hi = statistics.median(ts), min(ts), max(ts)
                 c = calls[name][2]
-                rows.append(dict(workload=wname, impl=name, task=task, median_ms=1e3 * med,
-                                 min_ms=1e3 * lo, max_ms=1e3 * hi, compile_ms=1e3 * c,
-                                 times_ms=[1e3 * t for t in ts]))
-                print(f"{name:<8} {task:<13} median {1e3 * med:10.2f} ms (min {1e3 * lo:.2f}, "
-                      f"max {1e3 * hi:.2f}); compile {1e3 * c:7.0f} ms", flush=True)
+                rows.append(
+                    dict(
+                        workload=wname,
+                        impl=name,
+                        task=task,
+                        median_ms=1e3 * med,
+                        min_ms=1e3 * lo,
+                        max_ms=1e3 * hi,
+                        compile_ms=1e3 * c,
+                        times_ms=[1e3 * t for t in ts],
+                    )
+                )
+                print(
+                    f"{name:<8} {task:<13} median {1e3 * med:10.2f} ms (min {1e3 * lo:.2f}, "
+                    f"max {1e3 * hi:.2f}); compile {1e3 * c:7.0f} ms",
+                    flush=True,
+                )
     ratios, spreads = {}, {}
-    print("\nratios (jaxmaf / other; < 1 means jaxmaf is faster): median over the interleaved "
-          "rounds of the per-round ratio [quartiles]; compile-time ratio")
+    print(
+        "\nratios (jaxmaf / other; < 1 means jaxmaf is faster): median over the interleaved "
+        "rounds of the per-round ratio [quartiles]; compile-time ratio"
+    )
     for wname in args.workloads.split(","):
         for task in ("train_step", "log_prob_10k", "sample_10k"):
             sel = {r["impl"]: r for r in rows if r["workload"] == wname and r["task"] == task}
@@ -331,12 +368,20 @@ def main(argv=None):
                 ratios[key], spreads[key] = statistics.median(paired), [q1, q3]
                 compile_key = f"{wname}/compile_{task}/jaxmaf_over_{name}"
                 ratios[compile_key] = ours["compile_ms"] / r["compile_ms"]
-                print(f"  {wname:<4} {task:<13} jaxmaf/{name:<8} {ratios[key]:6.2f} "
-                      f"[{q1:.2f}, {q3:.2f}]   compile {ratios[compile_key]:5.2f}")
-    result = dict(rows=rows, ratios=ratios, ratio_quartiles=spreads, backend=jax.default_backend(),
-                  device=jax.devices()[0].device_kind,
-                  versions=dict(jax=jax.__version__, jaxmaf=jaxmaf.__version__,
-                                python=platform.python_version()))
+                print(
+                    f"  {wname:<4} {task:<13} jaxmaf/{name:<8} {ratios[key]:6.2f} "
+                    f"[{q1:.2f}, {q3:.2f}]   compile {ratios[compile_key]:5.2f}"
+                )
+    result = dict(
+        rows=rows,
+        ratios=ratios,
+        ratio_quartiles=spreads,
+        backend=jax.default_backend(),
+        device=jax.devices()[0].device_kind,
+        versions=dict(
+            jax=jax.__version__, jaxmaf=jaxmaf.__version__, python=platform.python_version()
+        ),
+    )
     with open(os.path.join(args.out, "throughput.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}/throughput.json")

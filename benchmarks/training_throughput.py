@@ -36,10 +36,24 @@ def make_flow(rngs):
 
 def time_jaxmaf(data, epochs):
     opt = optax.adam(LR)
-    jaxmaf.fit(make_flow(nnx.Rngs(0)), data.train, validation_data=data.validation,
-               optimizer=opt, batch_size=BATCH, num_epochs=2, progress=False)  # compile
-    h = jaxmaf.fit(make_flow(nnx.Rngs(0)), data.train, validation_data=data.validation,
-                   optimizer=opt, batch_size=BATCH, num_epochs=epochs, progress=False)
+    jaxmaf.fit(
+        make_flow(nnx.Rngs(0)),
+        data.train,
+        validation_data=data.validation,
+        optimizer=opt,
+        batch_size=BATCH,
+        num_epochs=2,
+        progress=False,
+    )  # compile
+    h = jaxmaf.fit(
+        make_flow(nnx.Rngs(0)),
+        data.train,
+        validation_data=data.validation,
+        optimizer=opt,
+        batch_size=BATCH,
+        num_epochs=epochs,
+        progress=False,
+    )
     return statistics.median(h.epoch_time), h.wall_time / epochs
 
 
@@ -67,7 +81,7 @@ def time_step_loop(data, epochs):
     def epoch(p, s):
         perm = rng.permutation(n)
         for i in range(0, n, BATCH):
-            p, s, _ = step(p, s, x_train[perm[i:i + BATCH]])
+            p, s, _ = step(p, s, x_train[perm[i : i + BATCH]])
         float(val_loss(p, x_val))
         return p, s
 
@@ -92,12 +106,25 @@ def time_flowjax(data, epochs):
     val_prop = len(data.validation) / len(x)
 
     def run(n_epochs):
-        flow = masked_autoregressive_flow(jax.random.key(0), base_dist=Normal(jnp.zeros(2)),
-                                          flow_layers=LAYERS, nn_width=HIDDEN[0],
-                                          nn_depth=len(HIDDEN))
+        flow = masked_autoregressive_flow(
+            jax.random.key(0),
+            base_dist=Normal(jnp.zeros(2)),
+            flow_layers=LAYERS,
+            nn_width=HIDDEN[0],
+            nn_depth=len(HIDDEN),
+        )
         t0 = time.perf_counter()
-        fit_to_data(jax.random.key(1), flow, (x,), max_epochs=n_epochs, batch_size=BATCH,
-                    learning_rate=LR, max_patience=10**9, val_prop=val_prop, show_progress=False)
+        fit_to_data(
+            jax.random.key(1),
+            flow,
+            (x,),
+            max_epochs=n_epochs,
+            batch_size=BATCH,
+            learning_rate=LR,
+            max_patience=10**9,
+            val_prop=val_prop,
+            show_progress=False,
+        )
         return time.perf_counter() - t0
 
     run(1)  # compile
@@ -116,8 +143,9 @@ def time_ensemble(data, members, epochs, make_flow=make_flow, batch=BATCH):
     jaxmaf.fit(make_flow(nnx.Rngs(0)), data.train, optimizer=opt, num_epochs=2, **kw)
     t0 = time.perf_counter()
     for s in seeds:
-        jaxmaf.fit(make_flow(nnx.Rngs(s)), data.train, optimizer=opt, num_epochs=epochs, seed=s,
-                   **kw)
+        jaxmaf.fit(
+            make_flow(nnx.Rngs(s)), data.train, optimizer=opt, num_epochs=epochs, seed=s, **kw
+        )
     sequential = time.perf_counter() - t0
     return ensemble, sequential
 
@@ -131,9 +159,11 @@ def main(argv=None):
     epochs = 3 if args.quick else args.epochs
     os.makedirs(args.out, exist_ok=True)
     data = datasets.circles()
-    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); MAF {LAYERS} "
-          f"layers, MADE {HIDDEN}, batch {BATCH}, {len(data.train)} train / "
-          f"{len(data.validation)} validation points, {epochs} epochs")
+    print(
+        f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); MAF {LAYERS} "
+        f"layers, MADE {HIDDEN}, batch {BATCH}, {len(data.train)} train / "
+        f"{len(data.validation)} validation points, {epochs} epochs"
+    )
     rows = {}
     rows["jaxmaf.fit"] = time_jaxmaf(data, epochs)
     rows["jit step loop"] = time_step_loop(data, epochs)
@@ -141,26 +171,34 @@ def main(argv=None):
     if fj is not None:
         rows["flowjax fit_to_data"] = fj
     base = rows["jaxmaf.fit"][0]
-    print(f"\n{'method':<22} {'median epoch (ms)':>18} {'mean epoch (ms)':>16} "
-          f"{'vs jaxmaf.fit':>14}")
+    print(
+        f"\n{'method':<22} {'median epoch (ms)':>18} {'mean epoch (ms)':>16} {'vs jaxmaf.fit':>14}"
+    )
     for name, (med, mean) in rows.items():
         print(f"{name:<22} {1e3 * med:>18.2f} {1e3 * mean:>16.2f} {med / base:>13.1f}x")
     ens = {}
     small = lambda rngs: jaxmaf.MAF(2, LAYERS, (16, 16), rngs=rngs)  # noqa: E731
-    for label, make, batch in (("MADE 64x64, batch 128", make_flow, BATCH),
-                               ("MADE 16x16, batch 64", small, 64)):
+    for label, make, batch in (
+        ("MADE 64x64, batch 128", make_flow, BATCH),
+        ("MADE 16x16, batch 64", small, 64),
+    ):
         for m in (4, 8):
             e, s = time_ensemble(data, m, epochs, make, batch)
             ens[f"{label}, {m} members"] = dict(ensemble_s=e, sequential_s=s, ratio=e / s)
-            print(f"ensemble of {m} ({label}): one program {e:.2f} s, {m} sequential fits "
-                  f"{s:.2f} s, ratio {e / s:.2f}")
+            print(
+                f"ensemble of {m} ({label}): one program {e:.2f} s, {m} sequential fits "
+                f"{s:.2f} s, ratio {e / s:.2f}"
+            )
     result = dict(
         epoch_ms={k: dict(median=1e3 * v[0], mean=1e3 * v[1]) for k, v in rows.items()},
         speedup_vs_jaxmaf={k: v[0] / base for k, v in rows.items()},
-        ensemble=ens, epochs=epochs, backend=jax.default_backend(),
+        ensemble=ens,
+        epochs=epochs,
+        backend=jax.default_backend(),
         device=jax.devices()[0].device_kind,
-        versions=dict(jax=jax.__version__, jaxmaf=jaxmaf.__version__,
-                      python=platform.python_version()),
+        versions=dict(
+            jax=jax.__version__, jaxmaf=jaxmaf.__version__, python=platform.python_version()
+        ),
     )
     with open(os.path.join(args.out, "training_throughput.json"), "w") as f:
         json.dump(result, f, indent=2)

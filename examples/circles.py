@@ -38,9 +38,16 @@ LIM = 2.5
 
 def train(flow, data, epochs, seed):
     t0 = time.perf_counter()
-    history = jaxmaf.fit(flow, data.train, validation_data=data.validation,
-                         optimizer=optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE,
-                         num_epochs=epochs, seed=seed, progress=True)
+    history = jaxmaf.fit(
+        flow,
+        data.train,
+        validation_data=data.validation,
+        optimizer=optax.adam(LEARNING_RATE),
+        batch_size=BATCH_SIZE,
+        num_epochs=epochs,
+        seed=seed,
+        progress=True,
+    )
     seconds = time.perf_counter() - t0
     test_nll = -float(flow.log_prob(data.test).mean())
     return history, seconds, test_nll
@@ -56,8 +63,10 @@ def main(argv=None):
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     os.makedirs(args.out, exist_ok=True)
     device = jax.devices()[0]
-    print(f"JAX backend: {jax.default_backend()} ({device.device_kind}), {jax.device_count()} "
-          f"device(s); jaxmaf {jaxmaf.__version__}")
+    print(
+        f"JAX backend: {jax.default_backend()} ({device.device_kind}), {jax.device_count()} "
+        f"device(s); jaxmaf {jaxmaf.__version__}"
+    )
 
     data = datasets.circles(seed=args.seed)
     key = jax.random.key(args.seed)
@@ -78,8 +87,9 @@ def main(argv=None):
     # (LeCun-normal) output layer, as TFP's default initialisation does.
     fig, ax = plotting.subplots(1, 2, 4)
     for i, act in enumerate(("relu", "sigmoid")):
-        flow = jaxmaf.MAF(2, 1, SMALL_HIDDEN, activation=act, output_init_scale=1.0,
-                          rngs=nnx.Rngs(args.seed))
+        flow = jaxmaf.MAF(
+            2, 1, SMALL_HIDDEN, activation=act, output_init_scale=1.0, rngs=nnx.Rngs(args.seed)
+        )
         plotting.plot_density(ax[0, i], flow.log_prob, f"untrained 1-layer MAF ({act})", LIM)
     plotting.save(fig, out("untrained_density.png"))
 
@@ -87,8 +97,9 @@ def main(argv=None):
     results = {}
     models = {
         "maf_1_layer": jaxmaf.MAF(2, 1, SMALL_HIDDEN, rngs=nnx.Rngs(args.seed)),
-        "maf_4_layers": jaxmaf.MAF(2, BIG_LAYERS, BIG_HIDDEN, permutation="reverse",
-                                   rngs=nnx.Rngs(args.seed)),
+        "maf_4_layers": jaxmaf.MAF(
+            2, BIG_LAYERS, BIG_HIDDEN, permutation="reverse", rngs=nnx.Rngs(args.seed)
+        ),
     }
     for name, flow in models.items():
         print(f"training {name} for {epochs} epochs ...")
@@ -98,8 +109,9 @@ def main(argv=None):
     fig, ax = plotting.subplots(2, 2, 4)
     for row, (name, r) in enumerate(results.items()):
         flow = r["flow"]
-        plotting.plot_density(ax[row, 0], flow.log_prob,
-                              f"{name}: density (test NLL {r['test_nll']:.3f})", LIM)
+        plotting.plot_density(
+            ax[row, 0], flow.log_prob, f"{name}: density (test NLL {r['test_nll']:.3f})", LIM
+        )
         samples = flow.sample(jax.random.fold_in(key, row), (NUM_SAMPLES,))
         plotting.plot_samples(ax[row, 1], samples, f"{name}: {NUM_SAMPLES} samples", LIM)
     plotting.save(fig, out("trained_density_and_samples.png"))
@@ -138,8 +150,10 @@ def main(argv=None):
 
     print(f"\n{'model':<14} {'test NLL (nats)':>16} {'best epoch':>11} {'train time (s)':>15}")
     for name, r in results.items():
-        print(f"{name:<14} {r['test_nll']:>16.4f} {r['history'].best_epoch:>11d} "
-              f"{r['seconds']:>15.2f}")
+        print(
+            f"{name:<14} {r['test_nll']:>16.4f} {r['history'].best_epoch:>11d} "
+            f"{r['seconds']:>15.2f}"
+        )
     print(f"\nwrote {len(figures)} figures and metrics.json to {args.out}")
     return metrics
 

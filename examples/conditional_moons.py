@@ -43,11 +43,17 @@ def main(argv=None):
 
     flow = jaxmaf.MAF(2, LAYERS, HIDDEN, context_dim=1, rngs=nnx.Rngs(args.seed))
     t0 = time.perf_counter()
-    history = jaxmaf.fit(flow, data.train, context=data.train_context,
-                         validation_data=data.validation,
-                         validation_context=data.validation_context,
-                         optimizer=optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE,
-                         num_epochs=epochs, seed=args.seed)
+    history = jaxmaf.fit(
+        flow,
+        data.train,
+        context=data.train_context,
+        validation_data=data.validation,
+        validation_context=data.validation_context,
+        optimizer=optax.adam(LEARNING_RATE),
+        batch_size=BATCH_SIZE,
+        num_epochs=epochs,
+        seed=args.seed,
+    )
     seconds = time.perf_counter() - t0
     test_nll = -float(flow.log_prob(data.test, context=data.test_context).mean())
     # The label matters: the NLL with the labels swapped is far worse.
@@ -58,24 +64,36 @@ def main(argv=None):
         pts = data.train[data.train_context[:, 0] == label]
         plotting.plot_samples(ax[label, 0], pts, f"data, label {label}", LIM, "black")
         ctx = jnp.array([float(label)])
-        plotting.plot_density(ax[label, 1], lambda x, c=ctx: flow.log_prob(x, context=c),
-                              f"p(x | label={label})", LIM)
+        plotting.plot_density(
+            ax[label, 1], lambda x, c=ctx: flow.log_prob(x, context=c), f"p(x | label={label})", LIM
+        )
         samples = flow.sample(jax.random.key(label), (1500,), context=ctx)
-        plotting.plot_samples(ax[label, 2], samples, f"samples | label={label}", LIM,
-                              "tab:orange" if label else "tab:blue")
+        plotting.plot_samples(
+            ax[label, 2],
+            samples,
+            f"samples | label={label}",
+            LIM,
+            "tab:orange" if label else "tab:blue",
+        )
     plotting.save(fig, os.path.join(args.out, "conditional_densities.png"))
     fig, ax = plotting.subplots(1, 1, 4)
     plotting.plot_losses(ax[0, 0], history, "conditional MAF")
     plotting.save(fig, os.path.join(args.out, "loss_curves.png"))
 
-    metrics = {"test_nll": {"conditional_maf": test_nll},
-               "test_nll_labels_swapped": swapped_nll, "train_seconds": seconds,
-               "epochs": epochs, "best_epoch": history.best_epoch,
-               "backend": jax.default_backend()}
+    metrics = {
+        "test_nll": {"conditional_maf": test_nll},
+        "test_nll_labels_swapped": swapped_nll,
+        "train_seconds": seconds,
+        "epochs": epochs,
+        "best_epoch": history.best_epoch,
+        "backend": jax.default_backend(),
+    }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    print(f"test NLL {test_nll:.4f} nats (labels swapped: {swapped_nll:.4f}); "
-          f"{seconds:.1f} s; wrote {args.out}")
+    print(
+        f"test NLL {test_nll:.4f} nats (labels swapped: {swapped_nll:.4f}); "
+        f"{seconds:.1f} s; wrote {args.out}"
+    )
     return metrics
 
 

@@ -69,9 +69,16 @@ def main(argv=None):
         print(f"training {name.upper()} ({LAYERS} layers, MADE {HIDDEN}) ...")
         t0 = time.perf_counter()
         budget = epochs if name == "maf" else min(epochs, IAF_EPOCHS)
-        history = jaxmaf.fit(flow, data.train, validation_data=data.validation,
-                             optimizer=optax.adam(LEARNING_RATE), batch_size=BATCH_SIZE,
-                             num_epochs=budget, patience=PATIENCE, seed=args.seed)
+        history = jaxmaf.fit(
+            flow,
+            data.train,
+            validation_data=data.validation,
+            optimizer=optax.adam(LEARNING_RATE),
+            batch_size=BATCH_SIZE,
+            num_epochs=budget,
+            patience=PATIENCE,
+            seed=args.seed,
+        )
         seconds = time.perf_counter() - t0
         graphdef, params = nnx.split(flow)
         log_prob = jax.jit(lambda p, x, g=graphdef: nnx.merge(g, p).log_prob(x))
@@ -79,9 +86,13 @@ def main(argv=None):
         nll = -float(log_prob(params, data.test).mean())
         pix = pixel_space_nll(flow, np.asarray(data.test))
         results[name] = dict(
-            flow=flow, history=history, epochs=len(history.train_loss), train_seconds=seconds,
+            flow=flow,
+            history=history,
+            epochs=len(history.train_loss),
+            train_seconds=seconds,
             test_nll_logit=nll,
-            test_nll_pixels=pix, bits_per_dim=pix / (DIM * math.log(2)),
+            test_nll_pixels=pix,
+            bits_per_dim=pix / (DIM * math.log(2)),
             log_prob_1000_ms=1e3 * timed(log_prob, params, data.test[:1000]),
             sample_1000_ms=1e3 * timed(sample, params, jax.random.key(0)),
         )
@@ -104,20 +115,31 @@ def main(argv=None):
         plotting.plot_losses(ax[0, i], results[name]["history"], f"{name.upper()} on digits")
     plotting.save(fig, os.path.join(args.out, "loss_curves.png"))
 
-    keys = ("epochs", "test_nll_logit", "test_nll_pixels", "bits_per_dim", "log_prob_1000_ms",
-            "sample_1000_ms", "train_seconds")
+    keys = (
+        "epochs",
+        "test_nll_logit",
+        "test_nll_pixels",
+        "bits_per_dim",
+        "log_prob_1000_ms",
+        "sample_1000_ms",
+        "train_seconds",
+    )
     metrics = {k: {n: r[k] for n, r in results.items()} for k in keys}
     metrics["test_nll"] = metrics["test_nll_pixels"]
     metrics["best_epoch"] = {n: r["history"].best_epoch for n, r in results.items()}
     metrics["backend"] = jax.default_backend()
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    print(f"\n{'':<5} {'test NLL logit':>15} {'pixels (nats)':>14} {'bits/dim':>9} "
-          f"{'log_prob 1k (ms)':>17} {'sample 1k (ms)':>15} {'epochs':>7} {'best':>5}")
+    print(
+        f"\n{'':<5} {'test NLL logit':>15} {'pixels (nats)':>14} {'bits/dim':>9} "
+        f"{'log_prob 1k (ms)':>17} {'sample 1k (ms)':>15} {'epochs':>7} {'best':>5}"
+    )
     for n, r in results.items():
-        print(f"{n.upper():<5} {r['test_nll_logit']:>15.2f} {r['test_nll_pixels']:>14.2f} "
-              f"{r['bits_per_dim']:>9.3f} {r['log_prob_1000_ms']:>17.2f} "
-              f"{r['sample_1000_ms']:>15.2f} {r['epochs']:>7d} {r['history'].best_epoch:>5d}")
+        print(
+            f"{n.upper():<5} {r['test_nll_logit']:>15.2f} {r['test_nll_pixels']:>14.2f} "
+            f"{r['bits_per_dim']:>9.3f} {r['log_prob_1000_ms']:>17.2f} "
+            f"{r['sample_1000_ms']:>15.2f} {r['epochs']:>7d} {r['history'].best_epoch:>5d}"
+        )
     return metrics
 
 

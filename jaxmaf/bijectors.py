@@ -309,13 +309,20 @@ class BatchNorm(nnx.Module):
       param_dtype: parameter dtype (default float32, float64 under x64).
 
     Example:
+      >>> x = jax.random.normal(jax.random.key(0), (256, 3))
       >>> bn = BatchNorm(3)
       >>> u, log_det = bn.bijector().inverse_and_log_det(x)   # train mode: batch statistics
       >>> bn.eval(); x_again = bn.bijector().forward(u)        # eval mode: running averages
     """
 
-    def __init__(self, dim: int, *, momentum: float = 0.99, eps: float = 1e-5,
-                 param_dtype: jnp.dtype | None = None):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        momentum: float = 0.99,
+        eps: float = 1e-5,
+        param_dtype: jnp.dtype | None = None,
+    ):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Expected 0 <= momentum < 1, got {momentum}.")
         dtype = param_dtype or default_dtype()
@@ -367,4 +374,3 @@ class _BatchNormBijector(distrax.Bijector):
         log_scale, beta, m = self._affine(bn.mean[...], bn.var[...])
         y = (x - beta) * jnp.exp(-log_scale) + m
         return y, jnp.broadcast_to(-jnp.sum(log_scale), y.shape[:-1])
-

@@ -88,8 +88,14 @@ def save(path: str | os.PathLike, flow: MAF | IAF) -> None:
         as a callable (it cannot be recorded by name).
 
     Example:
-      >>> jaxmaf.save("flow.jaxmaf", flow)
-      >>> same = jaxmaf.load("flow.jaxmaf")
+      >>> import os, tempfile
+      >>> flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
+      >>> path = os.path.join(tempfile.mkdtemp(), "flow.jaxmaf")
+      >>> jaxmaf.save(path, flow)
+      >>> same = jaxmaf.load(path)
+      >>> x = jnp.ones((3, 2))
+      >>> bool(jnp.array_equal(same.log_prob(x), flow.log_prob(x)))
+      True
     """
     name = type(flow).__name__
     if name not in _CLASSES:
@@ -138,8 +144,9 @@ def load(path: str | os.PathLike) -> MAF | IAF:
     config["transformer"] = TRANSFORMERS[transformer.pop("name")](**transformer)
     config["param_dtype"] = jnp.dtype(config["param_dtype"])
     flow = _CLASSES[payload["class"]](**config, rngs=nnx.Rngs(0))
-    for made, m in zip(flow.layers, [payload["masks"][str(i)] for i in range(len(flow.layers))],
-                       strict=True):
+    for made, m in zip(
+        flow.layers, [payload["masks"][str(i)] for i in range(len(flow.layers))], strict=True
+    ):
         made.degrees = Constant(m["degrees"])
         for i, lin in enumerate(made.hidden):
             lin.mask = Constant(m["hidden"][str(i)])

@@ -19,8 +19,9 @@ class Split:
     test_context: np.ndarray | None = None
 
 
-def split(x: np.ndarray, sizes: tuple[int, int, int], seed: int = 0,
-          context: np.ndarray | None = None) -> Split:
+def split(
+    x: np.ndarray, sizes: tuple[int, int, int], seed: int = 0, context: np.ndarray | None = None
+) -> Split:
     """Shuffles ``x`` (and ``context``) and cuts them into train/validation/test.
 
     Args:
@@ -50,8 +51,12 @@ def split(x: np.ndarray, sizes: tuple[int, int, int], seed: int = 0,
     return Split(*parts, *ctx)
 
 
-def circles(n_samples: int = 1600, sizes: tuple[int, int, int] = (1200, 200, 200),
-            seed: int = 0, dtype=np.float32) -> Split:
+def circles(
+    n_samples: int = 1600,
+    sizes: tuple[int, int, int] = (1200, 200, 200),
+    seed: int = 0,
+    dtype=np.float32,
+) -> Split:
     """The seed experiment's data: ``make_circles(noise=0.05, factor=0.99, random_state=1)``.
 
     Standardized (zero mean, unit variance per axis) and split.
@@ -76,8 +81,13 @@ def circles(n_samples: int = 1600, sizes: tuple[int, int, int] = (1200, 200, 200
     return split(x.astype(dtype), sizes, seed)
 
 
-def moons(n_samples: int = 2000, sizes: tuple[int, int, int] = (1400, 300, 300),
-          noise: float = 0.08, seed: int = 0, dtype=np.float32) -> Split:
+def moons(
+    n_samples: int = 2000,
+    sizes: tuple[int, int, int] = (1400, 300, 300),
+    noise: float = 0.08,
+    seed: int = 0,
+    dtype=np.float32,
+) -> Split:
     """Two moons with the class label as a one-dimensional context (0 or 1).
 
     Args:
@@ -97,8 +107,12 @@ def moons(n_samples: int = 2000, sizes: tuple[int, int, int] = (1400, 300, 300),
     return split(x.astype(dtype), sizes, seed, context=y[:, None].astype(dtype))
 
 
-def digits(sizes: tuple[int, int, int] = (1297, 250, 250), alpha: float = 1e-3,
-           seed: int = 0, dtype=np.float32) -> Split:
+def digits(
+    sizes: tuple[int, int, int] = (1297, 250, 250),
+    alpha: float = 1e-3,
+    seed: int = 0,
+    dtype=np.float32,
+) -> Split:
     """scikit-learn's 8x8 digits (64 dimensions), dequantized and logit-transformed.
 
     Pixels (integers 0..16) get uniform noise ``(v + U(0,1)) / 17`` in (0, 1),
@@ -180,8 +194,11 @@ def _swiss_roll(n: int, rng: np.random.Generator) -> np.ndarray:
 def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
     angle = rng.uniform(0, np.pi, n)
     upper = rng.uniform(size=n) < 0.5
-    x = np.where(upper[:, None], np.stack([np.cos(angle), np.sin(angle)], -1),
-                 np.stack([1 - np.cos(angle), 0.5 - np.sin(angle)], -1))
+    x = np.where(
+        upper[:, None],
+        np.stack([np.cos(angle), np.sin(angle)], -1),
+        np.stack([1 - np.cos(angle), 0.5 - np.sin(angle)], -1),
+    )
     return x + rng.normal(0.0, 0.05, x.shape)
 
 
@@ -208,8 +225,13 @@ TOY_2D = {
 }
 
 
-def toy_2d(name: str, n_samples: int = 3000, sizes: tuple[int, int, int] = (2000, 500, 500),
-           seed: int = 0, dtype=np.float32) -> Split:
+def toy_2d(
+    name: str,
+    n_samples: int = 3000,
+    sizes: tuple[int, int, int] = (2000, 500, 500),
+    seed: int = 0,
+    dtype=np.float32,
+) -> Split:
     """A two-dimensional toy density (generated here, no download), standardized and split.
 
     The shapes common in the flow literature: ``"pinwheel"`` (five curved
@@ -273,8 +295,9 @@ def dequantize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 TABULAR = ("diabetes", "breast_cancer", "wine", "iris")
 
 
-def tabular(name: str, fractions: tuple[float, float] = (0.7, 0.15), seed: int = 0,
-            dtype=np.float32) -> Split:
+def tabular(
+    name: str, fractions: tuple[float, float] = (0.7, 0.15), seed: int = 0, dtype=np.float32
+) -> Split:
     """A tabular data set bundled with scikit-learn (no download): dequantized, standardized.
 
     ``"diabetes"`` (442 x 10), ``"breast_cancer"`` (569 x 30), ``"wine"``
@@ -300,8 +323,12 @@ def tabular(name: str, fractions: tuple[float, float] = (0.7, 0.15), seed: int =
     """
     from sklearn import datasets as sk
 
-    loaders = {"diabetes": sk.load_diabetes, "breast_cancer": sk.load_breast_cancer,
-               "wine": sk.load_wine, "iris": sk.load_iris}
+    loaders = {
+        "diabetes": sk.load_diabetes,
+        "breast_cancer": sk.load_breast_cancer,
+        "wine": sk.load_wine,
+        "iris": sk.load_iris,
+    }
     if name not in loaders:
         raise ValueError(f"Unknown tabular data set {name!r}: expected one of {TABULAR}.")
     x = dequantize(loaders[name]().data, np.random.default_rng(seed))

@@ -106,8 +106,9 @@ class _AutoregressiveFlow(nnx.Module):
         _check_dim(dim)
         if base not in BASES:
             raise ValueError(f"Unknown base {base!r}: expected one of {BASES}.")
-        if base == "mog" and (not isinstance(num_components, int | np.integer)
-                              or num_components < 1):
+        if base == "mog" and (
+            not isinstance(num_components, int | np.integer) or num_components < 1
+        ):
             raise ValueError(f"Expected num_components >= 1, got {num_components!r}.")
         if not isinstance(num_layers, int | np.integer) or num_layers < 1:
             raise ValueError(f"Expected num_layers to be an integer >= 1, got {num_layers!r}.")
@@ -138,18 +139,25 @@ class _AutoregressiveFlow(nnx.Module):
             ]
         )
         self.config = FlowConfig(
-            dim=int(dim), num_layers=int(num_layers), hidden_dims=self.hidden_dims,
+            dim=int(dim),
+            num_layers=int(num_layers),
+            hidden_dims=self.hidden_dims,
             activation=activation if isinstance(activation, str) else None,
             context_dim=int(context_dim),
-            permutation=tuple(self.permutations), hidden_degrees=hidden_degrees,
-            transformer=self.transformer, output_init_scale=float(output_init_scale),
-            param_dtype=self.param_dtype.name, residual=bool(residual), base=base,
+            permutation=tuple(self.permutations),
+            hidden_degrees=hidden_degrees,
+            transformer=self.transformer,
+            output_init_scale=float(output_init_scale),
+            param_dtype=self.param_dtype.name,
+            residual=bool(residual),
+            base=base,
             num_components=int(num_components) if base == "mog" else 1,
             batch_norm=bool(batch_norm),
         )
         self.batch_norms = nnx.List(
             [BatchNorm(dim, param_dtype=self.param_dtype) for _ in range(num_layers - 1)]
-            if batch_norm else []
+            if batch_norm
+            else []
         )
         self.base = base
         if base == "mog":  # the MAF paper's MAF MoG: a learnable mixture of diagonal Gaussians
@@ -230,8 +238,9 @@ class _AutoregressiveFlow(nnx.Module):
         if self.base == "mog":
             return distrax.MixtureSameFamily(
                 distrax.Categorical(logits=self.base_logits[...]),
-                distrax.MultivariateNormalDiag(self.base_means[...],
-                                               jnp.exp(self.base_log_scales[...])),
+                distrax.MultivariateNormalDiag(
+                    self.base_means[...], jnp.exp(self.base_log_scales[...])
+                ),
             )
         zeros = jnp.zeros((self.dim,), self.param_dtype)
         return distrax.MultivariateNormalDiag(zeros, jnp.ones_like(zeros))
@@ -293,8 +302,10 @@ class _AutoregressiveFlow(nnx.Module):
         """
         if chunk_size is None:
             return None
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or (
-            chunk_size < 1
+        if (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, int | np.integer)
+            or (chunk_size < 1)
         ):
             raise ValueError(f"Expected chunk_size None or an int >= 1, got {chunk_size!r}.")
         if any(not bn.use_running_average for bn in self.batch_norms):
@@ -413,7 +424,10 @@ class _AutoregressiveFlow(nnx.Module):
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.sample(jax.random.key(0), (100,)).shape
           (100, 2)
-          >>> x, iters = flow.sample(key, (100,), method="jacobi", return_iterations=True)
+          >>> x, iters = flow.sample(jax.random.key(1), (100,), method="jacobi",
+          ...                        return_iterations=True)
+          >>> x.shape, iters.shape
+          ((100, 2), (4,))
         """
         if method not in SEQUENTIAL_METHODS:
             raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
@@ -421,7 +435,9 @@ class _AutoregressiveFlow(nnx.Module):
         if not return_iterations:
             return self._chunked(
                 lambda u, context: self.bijector(context, method=method, tol=tol).forward(u),
-                u, context, chunk_size,
+                u,
+                context,
+                chunk_size,
             )
 
         def with_iterations(u, context):  # the iterations repeated per row, to chunk alike
@@ -488,10 +504,10 @@ class _AutoregressiveFlow(nnx.Module):
 
     def _base_noise(self, key: Array, sample_shape: Sequence[int] | int, context: Array | None):
         check_context(context, self.context_dim)
-        shape = (sample_shape,) if isinstance(sample_shape, int | np.integer) else tuple(
-            sample_shape)
-        if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0
-               for n in shape):
+        shape = (
+            (sample_shape,) if isinstance(sample_shape, int | np.integer) else tuple(sample_shape)
+        )
+        if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0 for n in shape):
             raise ValueError(
                 f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
             )

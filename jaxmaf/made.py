@@ -287,7 +287,12 @@ class MADE(nnx.Module):
         seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1)) if needs_seed else 0
         degrees = masks_lib.input_degrees(dim, order, seed=seed)
         layer_masks, _ = masks_lib.made_masks(
-            degrees, hidden_dims, params_per_dim, hidden_degrees, context_dim > 0, seed=seed + 1,
+            degrees,
+            hidden_dims,
+            params_per_dim,
+            hidden_degrees,
+            context_dim > 0,
+            seed=seed + 1,
             residual=residual,
         )
         dtype = param_dtype or default_dtype()
@@ -297,8 +302,7 @@ class MADE(nnx.Module):
         self.degrees = Constant(degrees)
         self.hidden = nnx.List(
             [
-                MaskedLinear(m, bias_init=uniform_fan_in(m.shape[0]), param_dtype=dtype,
-                             rngs=rngs)
+                MaskedLinear(m, bias_init=uniform_fan_in(m.shape[0]), param_dtype=dtype, rngs=rngs)
                 for m in layer_masks[:-1]
             ]
         )
@@ -307,8 +311,9 @@ class MADE(nnx.Module):
         def out_init(key, shape, dtype):
             return output_init_scale * base_init(key, shape, dtype)
 
-        self.output = MaskedLinear(layer_masks[-1], kernel_init=out_init, param_dtype=dtype,
-                                   rngs=rngs)
+        self.output = MaskedLinear(
+            layer_masks[-1], kernel_init=out_init, param_dtype=dtype, rngs=rngs
+        )
         first_width = hidden_dims[0] if hidden_dims else dim * params_per_dim
         self.context_proj = (
             nnx.Linear(context_dim, first_width, use_bias=False, param_dtype=dtype, rngs=rngs)

@@ -13,8 +13,9 @@ from matplotlib.figure import Figure
 from jaxmaf.training import History
 
 
-def density_on_grid(log_prob: Callable[[jax.Array], jax.Array], lim: float = 2.5,
-                    n: int = 160) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def density_on_grid(
+    log_prob: Callable[[jax.Array], jax.Array], lim: float = 2.5, n: int = 160
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluates ``exp(log_prob)`` on an ``n x n`` grid over ``[-lim, lim]^2``.
 
     Args:
@@ -32,8 +33,13 @@ def density_on_grid(log_prob: Callable[[jax.Array], jax.Array], lim: float = 2.5
     return xx, yy, dens
 
 
-def plot_density(ax, log_prob: Callable[[jax.Array], jax.Array], title: str, lim: float = 2.5,
-                 data: np.ndarray | None = None) -> None:
+def plot_density(
+    ax,
+    log_prob: Callable[[jax.Array], jax.Array],
+    title: str,
+    lim: float = 2.5,
+    data: np.ndarray | None = None,
+) -> None:
     """Filled contours of a 2-D density on ``ax``, optionally with data points on top."""
     xx, yy, dens = density_on_grid(log_prob, lim)
     ax.contourf(xx, yy, dens, levels=30, cmap="viridis")
@@ -42,8 +48,9 @@ def plot_density(ax, log_prob: Callable[[jax.Array], jax.Array], title: str, lim
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
 
 
-def plot_samples(ax, samples: np.ndarray, title: str, lim: float = 2.5,
-                 color: str = "tab:blue") -> None:
+def plot_samples(
+    ax, samples: np.ndarray, title: str, lim: float = 2.5, color: str = "tab:blue"
+) -> None:
     """Scatter of 2-D samples on ``ax``."""
     samples = np.asarray(samples)
     ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c=color)

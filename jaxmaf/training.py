@@ -106,8 +106,19 @@ def _loss(params, rest, graphdef, x, c, w):
     return -jnp.sum(w * lp) / jnp.sum(w), nnx.split(flow, nnx.Param, ...)[2]
 
 
-def _epoch_body(params, rest, opt_state, key, data, context, graphdef, optimizer, batch_size,
-                num_batches, batch_sharding):
+def _epoch_body(
+    params,
+    rest,
+    opt_state,
+    key,
+    data,
+    context,
+    graphdef,
+    optimizer,
+    batch_size,
+    num_batches,
+    batch_sharding,
+):
     """One epoch: shuffle on device, scan over minibatches (the last one padded and weighted)."""
     key, sub = jax.random.split(key)
     n = data.shape[0]
@@ -141,10 +152,33 @@ _STATIC = ("graphdef", "optimizer", "batch_size", "num_batches", "batch_sharding
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _train_epoch(params, rest, opt_state, key, data, context, *, graphdef, optimizer,
-                 batch_size, num_batches, batch_sharding=None):
-    return _epoch_body(params, rest, opt_state, key, data, context, graphdef, optimizer,
-                       batch_size, num_batches, batch_sharding)
+def _train_epoch(
+    params,
+    rest,
+    opt_state,
+    key,
+    data,
+    context,
+    *,
+    graphdef,
+    optimizer,
+    batch_size,
+    num_batches,
+    batch_sharding=None,
+):
+    return _epoch_body(
+        params,
+        rest,
+        opt_state,
+        key,
+        data,
+        context,
+        graphdef,
+        optimizer,
+        batch_size,
+        num_batches,
+        batch_sharding,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -161,22 +195,46 @@ def _select(mask, new, old):
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "eval_graphdef"))
-def _ensemble_epoch(params, rest, opt_state, keys, best, best_loss, active, data, context,
-                    val_data, val_context, *, graphdef, eval_graphdef, optimizer, batch_size,
-                    num_batches, batch_sharding=None):
+def _ensemble_epoch(
+    params,
+    rest,
+    opt_state,
+    keys,
+    best,
+    best_loss,
+    active,
+    data,
+    context,
+    val_data,
+    val_context,
+    *,
+    graphdef,
+    eval_graphdef,
+    optimizer,
+    batch_size,
+    num_batches,
+    batch_sharding=None,
+):
     """One epoch of every member (vmapped), validation, and best-parameter bookkeeping."""
-    body = functools.partial(_epoch_body, graphdef=graphdef, optimizer=optimizer,
-                             batch_size=batch_size, num_batches=num_batches,
-                             batch_sharding=batch_sharding)
+    body = functools.partial(
+        _epoch_body,
+        graphdef=graphdef,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        batch_sharding=batch_sharding,
+    )
     new_params, new_rest, new_opt, keys, train_loss = jax.vmap(
         body, in_axes=(0, 0, 0, 0, None, None)
     )(params, rest, opt_state, keys, data, context)
     update = active & jnp.isfinite(train_loss)
-    params, rest, opt_state = _select(update, (new_params, new_rest, new_opt),
-                                      (params, rest, opt_state))
+    params, rest, opt_state = _select(
+        update, (new_params, new_rest, new_opt), (params, rest, opt_state)
+    )
     judge, judge_context = (data, context) if val_data is None else (val_data, val_context)
-    loss = jax.vmap(lambda p, r: _eval_loss(p, r, judge, judge_context,
-                                            graphdef=eval_graphdef))(params, rest)
+    loss = jax.vmap(lambda p, r: _eval_loss(p, r, judge, judge_context, graphdef=eval_graphdef))(
+        params, rest
+    )
     val_loss = loss if val_data is not None else jnp.full_like(train_loss, jnp.nan)
     improved = update & jnp.isfinite(loss) & (loss < best_loss)
     best = _select(improved, (params, rest), best)
@@ -257,12 +315,24 @@ def fit(
         A refused call leaves the flow untouched.
 
     Example:
+      >>> x = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32)
       >>> flow = jaxmaf.MAF(2, 4, (64, 64), rngs=nnx.Rngs(0))
-      >>> history = jaxmaf.fit(flow, x_train, validation_data=x_val, num_epochs=50)
-      >>> history.best_epoch, history.val_loss[history.best_epoch]
+      >>> history = jaxmaf.fit(flow, x[:384], validation_data=x[384:], num_epochs=3,
+      ...                      progress=False)
+      >>> history.best_epoch == int(np.argmin(history.val_loss))
+      True
     """
-    run = _prepare(flow, data, validation_data, context, validation_context, batch_size,
-                   num_epochs, patience, devices)
+    run = _prepare(
+        flow,
+        data,
+        validation_data,
+        context,
+        validation_context,
+        batch_size,
+        num_epochs,
+        patience,
+        devices,
+    )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the training state is).")
     optimizer = optimizer or _DEFAULT_OPTIMIZER
@@ -278,8 +348,9 @@ def fit(
             ckpt, (params, rest), opt_state, fingerprint
         )
     if run.replicated is not None:
-        params, rest, opt_state, best = jax.device_put((params, rest, opt_state, best),
-                                                       run.replicated)
+        params, rest, opt_state, best = jax.device_put(
+            (params, rest, opt_state, best), run.replicated
+        )
 
     bar = _progress_bar(num_epochs, start_epoch) if progress else None
     start = time.perf_counter() - history.wall_time
@@ -290,8 +361,16 @@ def fit(
                 break
             t0 = time.perf_counter()
             new_params, new_rest, new_opt_state, new_key, train_loss = _train_epoch(
-                params, rest, opt_state, key, run.data, run.context, graphdef=graphdef,
-                optimizer=optimizer, batch_size=run.batch_size, num_batches=run.num_batches,
+                params,
+                rest,
+                opt_state,
+                key,
+                run.data,
+                run.context,
+                graphdef=graphdef,
+                optimizer=optimizer,
+                batch_size=run.batch_size,
+                num_batches=run.num_batches,
                 batch_sharding=run.batch_sharding,
             )
             train_loss = float(train_loss)
@@ -299,18 +378,22 @@ def fit(
                 history.stop_reason = "non_finite"
                 warnings.warn(
                     f"Training loss became {train_loss} at epoch {epoch}; stopped and kept the "
-                    f"parameters of epoch {history.best_epoch}.", RuntimeWarning, stacklevel=2,
+                    f"parameters of epoch {history.best_epoch}.",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
                 break
             params, rest, opt_state, key = new_params, new_rest, new_opt_state, new_key
             history.train_loss.append(train_loss)
             if run.val_data is not None:
-                loss = float(_eval_loss(params, rest, run.val_data, run.val_context,
-                                        graphdef=eval_graphdef))
+                loss = float(
+                    _eval_loss(params, rest, run.val_data, run.val_context, graphdef=eval_graphdef)
+                )
                 history.val_loss.append(loss)
             else:  # the parameters kept are judged by their own loss, not the epoch's mean
-                loss = float(_eval_loss(params, rest, run.data, run.context,
-                                        graphdef=eval_graphdef))
+                loss = float(
+                    _eval_loss(params, rest, run.data, run.context, graphdef=eval_graphdef)
+                )
             history.epoch_time.append(time.perf_counter() - t0)
             if math.isfinite(loss) and loss < history.best_loss:
                 history.best_loss, history.best_epoch, best = loss, epoch, (params, rest)
@@ -319,8 +402,17 @@ def fit(
                 since_best += 1
             history.wall_time = time.perf_counter() - start
             if ckpt is not None:
-                _save_state(ckpt, (params, rest), opt_state, key, best, history, since_best,
-                            epoch + 1, fingerprint)
+                _save_state(
+                    ckpt,
+                    (params, rest),
+                    opt_state,
+                    key,
+                    best,
+                    history,
+                    since_best,
+                    epoch + 1,
+                    fingerprint,
+                )
                 if history.best_epoch == epoch:
                     _save_best(checkpoint_dir, flow, best)
             if bar is not None:
@@ -390,25 +482,43 @@ def fit_ensemble(
         length; members whose structures differ.
 
     Example:
+      >>> x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
       >>> make = lambda rngs: jaxmaf.MAF(2, 4, (16, 16), rngs=rngs)
-      >>> flows, hists = jaxmaf.fit_ensemble(make, x, seeds=range(8), num_epochs=50)
+      >>> flows, hists = jaxmaf.fit_ensemble(make, x, seeds=range(2), num_epochs=2,
+      ...                                    progress=False)
+      >>> len(flows), [h.best_epoch >= 0 for h in hists]
+      (2, [True, True])
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("Expected at least one seed, got none.")
-    lrs = [float(learning_rate)] * len(seeds) if np.ndim(learning_rate) == 0 else \
-        [float(v) for v in learning_rate]
+    lrs = (
+        [float(learning_rate)] * len(seeds)
+        if np.ndim(learning_rate) == 0
+        else [float(v) for v in learning_rate]
+    )
     if len(lrs) != len(seeds):
         raise ValueError(f"Expected {len(seeds)} learning rates (one per seed), got {len(lrs)}.")
     flows = [make_flow(nnx.Rngs(s)) for s in seeds]
-    run = _prepare(flows[0], data, validation_data, context, validation_context, batch_size,
-                   num_epochs, patience, devices)
+    run = _prepare(
+        flows[0],
+        data,
+        validation_data,
+        context,
+        validation_context,
+        batch_size,
+        num_epochs,
+        patience,
+        devices,
+    )
     splits = [_split_modes(f) for f in flows]
     graphdef, eval_graphdef = splits[0][:2]
     for i, (g, *_) in enumerate(splits):
         if g != graphdef:
-            raise ValueError(f"Ensemble member {i} (seed {seeds[i]}) differs in structure from "
-                             "member 0 (e.g. random orders or masks); members must match.")
+            raise ValueError(
+                f"Ensemble member {i} (seed {seeds[i]}) differs in structure from "
+                "member 0 (e.g. random orders or masks); members must match."
+            )
     stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
     params, rest = stack([p for *_, p, _ in splits]), stack([r for *_, r in splits])
     opt = _with_learning_rate_state(optimizer)
@@ -421,18 +531,31 @@ def fit_ensemble(
     histories = [History() for _ in seeds]
     since_best = np.zeros(m, int)
     if run.replicated is not None:
-        params, rest, opt_state, best = jax.device_put((params, rest, opt_state, best),
-                                                       run.replicated)
+        params, rest, opt_state, best = jax.device_put(
+            (params, rest, opt_state, best), run.replicated
+        )
     bar = _progress_bar(num_epochs) if progress else None
     start = time.perf_counter()
     try:
         for epoch in range(num_epochs):
             t0 = time.perf_counter()
             params, rest, opt_state, keys, best, best_loss, tl, vl = _ensemble_epoch(
-                params, rest, opt_state, keys, best, best_loss, jnp.asarray(active), run.data,
-                run.context, run.val_data, run.val_context, graphdef=graphdef,
-                eval_graphdef=eval_graphdef, optimizer=opt,
-                batch_size=run.batch_size, num_batches=run.num_batches,
+                params,
+                rest,
+                opt_state,
+                keys,
+                best,
+                best_loss,
+                jnp.asarray(active),
+                run.data,
+                run.context,
+                run.val_data,
+                run.val_context,
+                graphdef=graphdef,
+                eval_graphdef=eval_graphdef,
+                optimizer=opt,
+                batch_size=run.batch_size,
+                num_batches=run.num_batches,
                 batch_sharding=run.batch_sharding,
             )
             tl, vl, bl = np.asarray(tl), np.asarray(vl), np.asarray(best_loss)
@@ -442,9 +565,12 @@ def fit_ensemble(
                     continue
                 if not math.isfinite(tl[i]):
                     h.stop_reason, active[i] = "non_finite", False
-                    warnings.warn(f"Ensemble member {i}: training loss became {tl[i]} at epoch "
-                                  f"{epoch}; kept its epoch {h.best_epoch}.", RuntimeWarning,
-                                  stacklevel=2)
+                    warnings.warn(
+                        f"Ensemble member {i}: training loss became {tl[i]} at epoch "
+                        f"{epoch}; kept its epoch {h.best_epoch}.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                     continue
                 h.train_loss.append(float(tl[i]))
                 if run.val_data is not None:
@@ -514,8 +640,17 @@ class _Run:
     replicated: Any
 
 
-def _prepare(flow, data, validation_data, context, validation_context, batch_size, num_epochs,
-             patience, devices) -> _Run:
+def _prepare(
+    flow,
+    data,
+    validation_data,
+    context,
+    validation_context,
+    batch_size,
+    num_epochs,
+    patience,
+    devices,
+) -> _Run:
     """Validates every input (before any training) and places the data on the device(s)."""
     dim, context_dim = flow.dim, getattr(flow, "context_dim", 0)
     data = check_data(data, dim)
@@ -530,8 +665,9 @@ def _prepare(flow, data, validation_data, context, validation_context, batch_siz
     for name, value in (("batch_size", batch_size), ("num_epochs", num_epochs)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"Expected {name} to be an integer >= 1, got {value!r}.")
-    if patience is not None and (isinstance(patience, bool)
-                                 or not isinstance(patience, int | np.integer) or patience < 1):
+    if patience is not None and (
+        isinstance(patience, bool) or not isinstance(patience, int | np.integer) or patience < 1
+    ):
         raise ValueError(f"Expected patience to be None or an integer >= 1, got {patience!r}.")
     batch_size = min(int(batch_size), data.shape[0])
     batch_sharding = replicated = None
@@ -555,26 +691,38 @@ def _prepare(flow, data, validation_data, context, validation_context, batch_siz
         a = jnp.asarray(a, dtype)
         return a if replicated is None else jax.device_put(a, replicated)
 
-    return _Run(put(data), put(context), put(validation_data), put(validation_context),
-                int(data.shape[0]), batch_size, -(-data.shape[0] // batch_size), batch_sharding,
-                replicated)
+    return _Run(
+        put(data),
+        put(context),
+        put(validation_data),
+        put(validation_context),
+        int(data.shape[0]),
+        batch_size,
+        -(-data.shape[0] // batch_size),
+        batch_sharding,
+        replicated,
+    )
 
 
 TRAIN_STATE = "train_state.msgpack"
 BEST_FLOW = "best.jaxmaf"
 
 
-def _save_state(path, params, opt_state, key, best_params, history, since_best, next_epoch,
-                fingerprint):
+def _save_state(
+    path, params, opt_state, key, best_params, history, since_best, next_epoch, fingerprint
+):
     from jaxmaf.checkpoint import atomic_write
 
     leaves = lambda t: {str(i): np.asarray(a) for i, a in enumerate(jax.tree.leaves(t))}  # noqa: E731
     payload = {
-        "params": leaves(params), "opt_state": leaves(opt_state),
+        "params": leaves(params),
+        "opt_state": leaves(opt_state),
         "best_params": leaves(best_params),
         "key": np.asarray(jax.random.key_data(key)),
-        "history": json.dumps(history.to_dict()), "since_best": since_best,
-        "next_epoch": next_epoch, "fingerprint": json.dumps(fingerprint),
+        "history": json.dumps(history.to_dict()),
+        "since_best": since_best,
+        "next_epoch": next_epoch,
+        "fingerprint": json.dumps(fingerprint),
     }
     atomic_write(path, serialization.msgpack_serialize(payload))
 
@@ -584,21 +732,29 @@ def _load_state(path, params, opt_state, fingerprint):
         payload = serialization.msgpack_restore(f.read())
     saved = json.loads(payload["fingerprint"])
     if saved != fingerprint:
-        raise ValueError(f"The checkpoint in {path} is from a different run: expected "
-                         f"{fingerprint}, got {saved}.")
+        raise ValueError(
+            f"The checkpoint in {path} is from a different run: expected "
+            f"{fingerprint}, got {saved}."
+        )
 
     def restore(template, stored):
         leaves, treedef = jax.tree.flatten(template)
         if len(stored) != len(leaves):
             raise ValueError(f"The checkpoint in {path} does not match this flow/optimizer.")
-        return jax.tree.unflatten(treedef, [jnp.asarray(stored[str(i)], leaf.dtype)
-                                            for i, leaf in enumerate(leaves)])
+        return jax.tree.unflatten(
+            treedef, [jnp.asarray(stored[str(i)], leaf.dtype) for i, leaf in enumerate(leaves)]
+        )
 
     history = History(**json.loads(payload["history"]))
-    return (restore(params, payload["params"]), restore(opt_state, payload["opt_state"]),
-            jax.random.wrap_key_data(jnp.asarray(payload["key"])),
-            restore(params, payload["best_params"]), history, int(payload["since_best"]),
-            int(payload["next_epoch"]))
+    return (
+        restore(params, payload["params"]),
+        restore(opt_state, payload["opt_state"]),
+        jax.random.wrap_key_data(jnp.asarray(payload["key"])),
+        restore(params, payload["best_params"]),
+        history,
+        int(payload["since_best"]),
+        int(payload["next_epoch"]),
+    )
 
 
 def _save_best(checkpoint_dir, flow, best):

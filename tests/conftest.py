@@ -13,6 +13,7 @@ import jaxmaf
 
 CONTEXT_DIM = 3
 
+
 def batch_norm_maf(dim, num_layers, rngs, **kw):
     """A MAF with batch norm between layers, in eval mode with non-trivial running statistics."""
     flow = jaxmaf.MAF(dim, num_layers, (16,), batch_norm=True, rngs=rngs, **kw)
@@ -28,14 +29,19 @@ FLOWS = {
     "maf": (functools.partial(jaxmaf.MAF, hidden_dims=(16, 16)), 0),
     "iaf": (functools.partial(jaxmaf.IAF, hidden_dims=(16, 16)), 0),
     "maf_cond": (
-        functools.partial(jaxmaf.MAF, hidden_dims=(16, 16), context_dim=CONTEXT_DIM), CONTEXT_DIM
+        functools.partial(jaxmaf.MAF, hidden_dims=(16, 16), context_dim=CONTEXT_DIM),
+        CONTEXT_DIM,
     ),
     "iaf_cond": (
-        functools.partial(jaxmaf.IAF, hidden_dims=(16, 16), context_dim=CONTEXT_DIM), CONTEXT_DIM
+        functools.partial(jaxmaf.IAF, hidden_dims=(16, 16), context_dim=CONTEXT_DIM),
+        CONTEXT_DIM,
     ),
     "maf_random_tanh": (
         functools.partial(
-            jaxmaf.MAF, hidden_dims=(7,), permutation="random", hidden_degrees="random",
+            jaxmaf.MAF,
+            hidden_dims=(7,),
+            permutation="random",
+            hidden_degrees="random",
             activation="tanh",
         ),
         0,
@@ -47,16 +53,19 @@ FLOWS = {
         0,
     ),
     "maf_spline": (
-        functools.partial(jaxmaf.MAF, hidden_dims=(16,), transformer=jaxmaf.Spline(4, 2.0)), 0
+        functools.partial(jaxmaf.MAF, hidden_dims=(16,), transformer=jaxmaf.Spline(4, 2.0)),
+        0,
     ),
     "iaf_spline_cond": (
-        functools.partial(jaxmaf.IAF, hidden_dims=(16,), transformer="spline",
-                          context_dim=CONTEXT_DIM),
+        functools.partial(
+            jaxmaf.IAF, hidden_dims=(16,), transformer="spline", context_dim=CONTEXT_DIM
+        ),
         CONTEXT_DIM,
     ),
     "maf_residual_mog": (
-        functools.partial(jaxmaf.MAF, hidden_dims=(16, 16, 16), residual=True, base="mog",
-                          num_components=3),
+        functools.partial(
+            jaxmaf.MAF, hidden_dims=(16, 16, 16), residual=True, base="mog", num_components=3
+        ),
         0,
     ),
     "maf_batchnorm_eval": (batch_norm_maf, 0),

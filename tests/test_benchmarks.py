@@ -13,15 +13,32 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = {"triangular", "triangular_diag", "call_floor", "dense_slogdet", "layer_analytic",
-           "layer_dense", "flow4_analytic", "flow4_dense"}
+METHODS = {
+    "triangular",
+    "triangular_diag",
+    "call_floor",
+    "dense_slogdet",
+    "layer_analytic",
+    "layer_dense",
+    "flow4_analytic",
+    "flow4_dense",
+}
 
 
 def test_logdet_scaling_quick_float64(tmp_path):
     subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "logdet_scaling.py"), "--quick",
-         "--x64", "--out", str(tmp_path)],
-        check=True, cwd=ROOT, timeout=600, env=dict(os.environ, MPLBACKEND="Agg"),
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "logdet_scaling.py"),
+            "--quick",
+            "--x64",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=ROOT,
+        timeout=600,
+        env=dict(os.environ, MPLBACKEND="Agg"),
     )
     result = json.loads((tmp_path / "logdet_scaling.json").read_text())
     assert result["dtype"] == "float64"
@@ -40,9 +57,19 @@ def test_logdet_scaling_quick_float64(tmp_path):
 def test_accuracy_quick_writes_per_seed_nll(tmp_path):
     """--quick on two data sets: both libraries fitted per seed on one split; the JSON layout."""
     subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "accuracy.py"), "--quick",
-         "--datasets", "circles,diabetes", "--variants", "init_zero", "--out", str(tmp_path)],
-        check=True, cwd=ROOT,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "accuracy.py"),
+            "--quick",
+            "--datasets",
+            "circles,diabetes",
+            "--variants",
+            "init_zero",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=ROOT,
     )
     result = json.loads((tmp_path / "accuracy.json").read_text())
     assert set(result["datasets"]) == {"circles", "diabetes"}

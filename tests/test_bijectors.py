@@ -29,8 +29,9 @@ def test_user_conditioner_closed_form():
     np.testing.assert_allclose(u, x * s + params[..., 0], rtol=1e-6)
     np.testing.assert_allclose(ld, log_s.sum(-1), rtol=1e-6)
     np.testing.assert_allclose(bij.forward(u), x, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ld, jax.vmap(lambda v: jaxmaf.dense_log_det(bij.inverse, v))(x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ld, jax.vmap(lambda v: jaxmaf.dense_log_det(bij.inverse, v))(x), rtol=1e-5, atol=1e-5
+    )
     assert jaxmaf.is_autoregressive(bij.inverse, x)
     shift_fn = lambda v: linear_conditioner(v)[:, 0]  # noqa: E731
     assert jaxmaf.is_autoregressive(shift_fn, x, strict=True)
@@ -65,15 +66,19 @@ def test_permute():
     np.testing.assert_array_equal(jaxmaf.Permute([1, 0]).forward(jnp.array([1.0, 2.0])), [2.0, 1.0])
     with pytest.raises(ValueError, match="permutation of 0..2"):
         jaxmaf.Permute([0, 0, 1])
-    with pytest.raises(ValueError,
-                       match=r"Permute input of shape \(\.\.\., 3\), got shape \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"Permute input of shape \(\.\.\., 3\), got shape \(2, 4\)"
+    ):
         p.forward(jnp.zeros((2, 4)))
 
 
 def test_conditioner_shape_errors_at_trace_time():
     bad = jaxmaf.MaskedAutoregressive(lambda x: jnp.zeros(x.shape[:-1] + (D, 3)))
-    with pytest.raises(ValueError, match=r"shape \(\.\.\., 4, 2\) for an input of shape \(4,\), "
-                                         r"got \(4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape \(\.\.\., 4, 2\) for an input of shape \(4,\), "
+        r"got \(4, 3\)",
+    ):
         jax.jit(bad.inverse)(jnp.zeros(D))
     with pytest.raises(ValueError, match=r"\(\.\.\., 4, 2\)"):
         bad.forward(jnp.zeros(D))
@@ -112,14 +117,21 @@ class _SpyMADE:
 @pytest.mark.parametrize("order", ["natural", "random"])
 @pytest.mark.parametrize("transformer", ["affine", "spline"])
 @pytest.mark.parametrize("context_dim", [0, 2])
-def test_exact_sequential_pass_computes_one_dimension_per_pass(order, transformer, context_dim,
-                                                                x64):
+def test_exact_sequential_pass_computes_one_dimension_per_pass(
+    order, transformer, context_dim, x64
+):
     """With a MADE the exact pass calls params_at only; the values match full passes."""
     from flax import nnx
 
-    made = jaxmaf.MADE(5, (16, 16), jaxmaf.transformers.get_transformer(transformer).num_params,
-                       context_dim=context_dim, order=order, output_init_scale=0.5,
-                       rngs=nnx.Rngs(0))
+    made = jaxmaf.MADE(
+        5,
+        (16, 16),
+        jaxmaf.transformers.get_transformer(transformer).num_params,
+        context_dim=context_dim,
+        order=order,
+        output_init_scale=0.5,
+        rngs=nnx.Rngs(0),
+    )
     c = jax.random.normal(jax.random.key(1), (6, context_dim)) if context_dim else None
     u = jax.random.normal(jax.random.key(2), (6, 5))
     spy = _SpyMADE(made, c)

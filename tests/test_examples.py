@@ -15,8 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_example(name: str, out: str) -> None:
     env = dict(os.environ, MPLBACKEND="Agg")
-    subprocess.run([sys.executable, os.path.join(ROOT, "examples", name), "--quick", "--out", out],
-                   check=True, env=env, cwd=ROOT, timeout=600)
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", name), "--quick", "--out", out],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize(

@@ -105,13 +105,17 @@ def test_gradients_reach_every_parameter(name):
         assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
     # Masked-out kernel entries receive exactly zero gradient.
     for layer, glayer in zip(flow.layers, grads["layers"].values(), strict=True):
-        for lin, glin in zip([*layer.hidden, layer.output],
-                             [*glayer["hidden"].values(), glayer["output"]], strict=True):
+        for lin, glin in zip(
+            [*layer.hidden, layer.output],
+            [*glayer["hidden"].values(), glayer["output"]],
+            strict=True,
+        ):
             assert np.all(np.asarray(glin["kernel"])[~lin.mask.array] == 0.0)
 
 
-@pytest.mark.parametrize("name,dim", [(n, d) for n in FLOWS for d in ((1, 5) if n in CORE
-                                                                      else (5,))])
+@pytest.mark.parametrize(
+    "name,dim", [(n, d) for n in FLOWS for d in ((1, 5) if n in CORE else (5,))]
+)
 def test_distrax_transformed_agrees(name, dim, x64):
     flow = make_flow(name, dim)
     x, c = make_inputs(name, dim)
@@ -121,8 +125,9 @@ def test_distrax_transformed_agrees(name, dim, x64):
     np.testing.assert_allclose(dist.log_prob(x), flow.log_prob(x, c0), **tol)
     np.testing.assert_allclose(flow.distribution(c0).log_prob(x), flow.log_prob(x, c0), **tol)
     key = jax.random.key(3)
-    np.testing.assert_allclose(dist.sample(seed=key, sample_shape=7), flow.sample(key, (7,), c0),
-                               **tol)
+    np.testing.assert_allclose(
+        dist.sample(seed=key, sample_shape=7), flow.sample(key, (7,), c0), **tol
+    )
     xs, lps = dist.sample_and_log_prob(seed=key, sample_shape=7)
     np.testing.assert_allclose(lps, flow.log_prob(xs, c0), rtol=1e-8, atol=1e-8)
 
@@ -139,8 +144,9 @@ def test_sample_and_log_prob_consistent(name, x64):
     np.testing.assert_allclose(lp, flow.log_prob(xs, context=c), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("name", ["maf", "iaf", "maf_cond", "maf_spline", "iaf_spline_cond",
-                                  "maf_residual_mog"])
+@pytest.mark.parametrize(
+    "name", ["maf", "iaf", "maf_cond", "maf_spline", "iaf_spline_cond", "maf_residual_mog"]
+)
 def test_reparameterised_gradient_through_sampling(name, x64):
     """Gradients through sample_and_log_prob (VI's path) match central differences.
 
@@ -163,8 +169,10 @@ def test_reparameterised_gradient_through_sampling(name, x64):
     keys = jax.random.split(jax.random.key(8), len(leaves))
     direction = [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves, strict=True)]
     eps = 1e-6
-    shifted = [objective([p + s * eps * v for p, v in zip(leaves, direction, strict=True)])
-               for s in (1, -1)]
+    shifted = [
+        objective([p + s * eps * v for p, v in zip(leaves, direction, strict=True)])
+        for s in (1, -1)
+    ]
     finite_difference = (shifted[0] - shifted[1]) / (2 * eps)
     analytic = sum(jnp.vdot(g, v) for g, v in zip(grads, direction, strict=True))
     assert abs(float(analytic)) > 1e-3  # a direction the objective actually moves along
@@ -209,7 +217,7 @@ def test_trained_parameters_change_density():
 
 
 def test_default_permutations_reverse_in_2d_and_vary_above():
-    """"auto": the reversal for D <= 2; above, a fixed (shape-seeded) sequence of distinct
+    """ "auto": the reversal for D <= 2; above, a fixed (shape-seeded) sequence of distinct
     permutations, equal for every flow of that shape (ensembles stack), no device value
     drawn (nnx.eval_shape works)."""
     flow2 = jaxmaf.MAF(2, 4, (8,), rngs=nnx.Rngs(0))
@@ -327,8 +335,11 @@ def test_sequential_program_size_does_not_grow_with_dim(cls):
     for dim in (4, 96):
         flow = cls(dim, 2, (32,), rngs=nnx.Rngs(0))
         x = jnp.zeros((8, dim))
-        fn = (lambda k, f=flow: f.sample(k, (8,))) if cls is jaxmaf.MAF else \
-             (lambda k, f=flow, x=x: f.log_prob(x))
+        fn = (
+            (lambda k, f=flow: f.sample(k, (8,)))
+            if cls is jaxmaf.MAF
+            else (lambda k, f=flow, x=x: f.log_prob(x))
+        )
         sizes.append(_count_eqns(jax.make_jaxpr(fn)(jax.random.key(0)).jaxpr))
     assert sizes[0] == sizes[1], sizes
 
@@ -356,8 +367,9 @@ def test_spline_tails_are_identity():
 
 
 def test_mog_base_density_integrates_to_one():
-    flow = perturb(jaxmaf.MAF(2, 2, (16,), base="mog", num_components=4, rngs=nnx.Rngs(1)),
-                   scale=0.1)
+    flow = perturb(
+        jaxmaf.MAF(2, 2, (16,), base="mog", num_components=4, rngs=nnx.Rngs(1)), scale=0.1
+    )
     g = np.linspace(-9, 9, 601)
     xx, yy = np.meshgrid(g, g)
     pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], -1), jnp.float32)
@@ -378,8 +390,7 @@ def test_jacobi_sampling_tol0_equals_exact(name, x64):
     jac, iters = flow.sample(key, (5,), c, method="jacobi", return_iterations=True)
     np.testing.assert_allclose(jac, exact, rtol=1e-12, atol=1e-12)  # up to rounding
     assert iters.shape == (3,) and np.all((iters >= 1) & (iters <= 6))
-    loose, it_loose = flow.sample(key, (5,), c, method="jacobi", tol=1e-3,
-                                  return_iterations=True)
+    loose, it_loose = flow.sample(key, (5,), c, method="jacobi", tol=1e-3, return_iterations=True)
     assert np.all(it_loose <= iters)
     np.testing.assert_allclose(loose, exact, atol=1e-2)
 
@@ -389,8 +400,9 @@ def test_jacobi_converges_early_on_a_weakly_coupled_flow():
     # fixed point is reached to 1e-6 in far fewer than D passes.
     flow = perturb(jaxmaf.MAF(32, 2, (64,), rngs=nnx.Rngs(0)), scale=0.02)
     exact = flow.sample(jax.random.key(0), (64,))
-    x, iters = flow.sample(jax.random.key(0), (64,), method="jacobi", tol=1e-6,
-                           return_iterations=True)
+    x, iters = flow.sample(
+        jax.random.key(0), (64,), method="jacobi", tol=1e-6, return_iterations=True
+    )
     assert np.all(np.asarray(iters) < 16), iters
     np.testing.assert_allclose(x, exact, atol=1e-5)
 
@@ -398,8 +410,7 @@ def test_jacobi_converges_early_on_a_weakly_coupled_flow():
 def test_iaf_log_prob_jacobi_matches_exact(x64):
     flow = make_flow("iaf", 5)
     x, _ = make_inputs("iaf", 5)
-    np.testing.assert_allclose(flow.log_prob(x, method="jacobi"), flow.log_prob(x),
-                               rtol=1e-12)
+    np.testing.assert_allclose(flow.log_prob(x, method="jacobi"), flow.log_prob(x), rtol=1e-12)
 
 
 def test_bad_method_and_base_errors():
@@ -427,8 +438,9 @@ def test_chunked_evaluation_equals_whole_batch(name, x64):
     key = jax.random.key(5)
     shape = (2,) if c is not None else (2, 7)
     xs = flow.sample(key, shape, c, chunk_size=3)
-    np.testing.assert_allclose(xs, flow.sample(key, shape, c, chunk_size=None), rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        xs, flow.sample(key, shape, c, chunk_size=None), rtol=1e-12, atol=1e-12
+    )
     xs2, lp = flow.sample_and_log_prob(key, shape, c, chunk_size=3)
     np.testing.assert_allclose(xs2, xs, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(lp, flow.log_prob(xs, c, chunk_size=None), rtol=1e-9, atol=1e-9)
@@ -451,13 +463,15 @@ def test_chunked_log_prob_gradient_and_one_context_broadcast(x64):
 def test_jacobi_iterations_with_chunks_are_the_most_any_chunk_used():
     flow = make_flow("maf", 6)
     key = jax.random.key(2)
-    x_whole, it_whole = flow.sample(key, (12,), method="jacobi", return_iterations=True,
-                                    chunk_size=None)
-    x_chunk, it_chunk = flow.sample(key, (12,), method="jacobi", return_iterations=True,
-                                    chunk_size=5)
+    x_whole, it_whole = flow.sample(
+        key, (12,), method="jacobi", return_iterations=True, chunk_size=None
+    )
+    x_chunk, it_chunk = flow.sample(
+        key, (12,), method="jacobi", return_iterations=True, chunk_size=5
+    )
     np.testing.assert_allclose(x_chunk, x_whole, rtol=1e-6, atol=1e-6)  # tol=0: both exact
     u = jax.random.normal(key, (12, 6))
-    per_chunk = [flow._forward_counting(u[i:i + 5], None, "jacobi", 0.0)[1] for i in (0, 5, 10)]
+    per_chunk = [flow._forward_counting(u[i : i + 5], None, "jacobi", 0.0)[1] for i in (0, 5, 10)]
     np.testing.assert_array_equal(it_chunk, np.max(per_chunk, axis=0))
     assert it_chunk.shape == it_whole.shape == (3,)
 
@@ -489,8 +503,10 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
     x = 4.0 * jax.random.normal(jax.random.key(0), (500, 5))  # inside and outside the bound
     p = 1.5 * jax.random.normal(jax.random.key(1), (500, 5, t.num_params))
     ref = distrax.RationalQuadraticSpline(p, -3.0, 3.0, boundary_slopes="identity")
-    for ours, theirs in ((t.inverse_and_log_det(x, p), ref.forward_and_log_det(x)),
-                         (t.forward_and_log_det(x, p), ref.inverse_and_log_det(x))):
+    for ours, theirs in (
+        (t.inverse_and_log_det(x, p), ref.forward_and_log_det(x)),
+        (t.forward_and_log_det(x, p), ref.inverse_and_log_det(x)),
+    ):
         np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-12, atol=1e-12)
     outside = np.abs(np.asarray(x)) >= 3.0
@@ -500,6 +516,11 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
         return lambda q: jnp.sum(fn(q)[0] + fn(q)[1])
 
     g_ours = jax.grad(loss(lambda q: t.inverse_and_log_det(x, q)))(p)
-    g_ref = jax.grad(loss(lambda q: distrax.RationalQuadraticSpline(
-        q, -3.0, 3.0, boundary_slopes="identity").forward_and_log_det(x)))(p)
+    g_ref = jax.grad(
+        loss(
+            lambda q: distrax.RationalQuadraticSpline(
+                q, -3.0, 3.0, boundary_slopes="identity"
+            ).forward_and_log_det(x)
+        )
+    )(p)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-10, atol=1e-10)

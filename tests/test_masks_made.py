@@ -14,8 +14,12 @@ from jaxmaf import masks
 
 @pytest.mark.parametrize(
     "order,expected",
-    [("natural", [1, 2, 3, 4]), ("reversed", [4, 3, 2, 1]), ("left-to-right", [1, 2, 3, 4]),
-     ([2, 0, 3, 1], [2, 4, 1, 3])],
+    [
+        ("natural", [1, 2, 3, 4]),
+        ("reversed", [4, 3, 2, 1]),
+        ("left-to-right", [1, 2, 3, 4]),
+        ([2, 0, 3, 1], [2, 4, 1, 3]),
+    ],
 )
 def test_input_degrees(order, expected):
     np.testing.assert_array_equal(masks.input_degrees(4, order), expected)
@@ -69,8 +73,9 @@ def test_mask_errors(call, match):
 
 
 def _perturbed_made(dim, hidden, context_dim=0, **kw):
-    made = jaxmaf.MADE(dim, hidden, 3, context_dim=context_dim, output_init_scale=1.0,
-                       rngs=nnx.Rngs(0), **kw)
+    made = jaxmaf.MADE(
+        dim, hidden, 3, context_dim=context_dim, output_init_scale=1.0, rngs=nnx.Rngs(0), **kw
+    )
     params = nnx.state(made, nnx.Param)
     nnx.update(made, jax.tree.map(lambda p: p + 0.1, params))
     return made
@@ -85,8 +90,9 @@ def test_made_output_ignores_inputs_not_before_it(dim, order, hidden, context_di
     if order == "explicit":
         order = list(np.random.default_rng(dim).permutation(dim))
     hidden = (hidden[0],) * 3 if residual and hidden else hidden
-    made = _perturbed_made(dim, hidden, context_dim, order=order, activation="tanh",
-                           residual=residual)
+    made = _perturbed_made(
+        dim, hidden, context_dim, order=order, activation="tanh", residual=residual
+    )
     x = jax.random.normal(jax.random.key(0), (8, dim))
     c = jax.random.normal(jax.random.key(1), (context_dim,)) if context_dim else None
     jac = jax.vmap(jax.jacfwd(lambda v: made(v, c)))(x)  # (8, dim, P, dim)

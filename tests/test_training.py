@@ -19,8 +19,8 @@ COV = np.array([[1.0, 0.8], [0.8, 1.0]])
 
 
 def gaussian_data(n, seed):
-    return np.random.default_rng(seed).multivariate_normal([1.0, -2.0], COV, size=n).astype(
-        np.float32
+    return (
+        np.random.default_rng(seed).multivariate_normal([1.0, -2.0], COV, size=n).astype(np.float32)
     )
 
 
@@ -35,14 +35,22 @@ def small_flow(seed=0, **kw):
 def test_fit_learns_a_correlated_gaussian_and_keeps_best_epoch():
     flow = small_flow()
     x, xv, xt = gaussian_data(1000, 0), gaussian_data(300, 1), gaussian_data(2000, 2)
-    h = jaxmaf.fit(flow, x, validation_data=xv, optimizer=optax.adam(1e-2), batch_size=100,
-                   num_epochs=40, progress=False)
+    h = jaxmaf.fit(
+        flow,
+        x,
+        validation_data=xv,
+        optimizer=optax.adam(1e-2),
+        batch_size=100,
+        num_epochs=40,
+        progress=False,
+    )
     assert len(h.train_loss) == len(h.val_loss) == 40
     test_nll = -float(flow.log_prob(xt).mean())
     assert abs(test_nll - true_nll()) < 0.05, (test_nll, true_nll())
     assert h.best_epoch == int(np.argmin(h.val_loss))
-    np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        -float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch], rtol=1e-5
+    )
 
 
 def test_partial_last_batch_counts_every_point():
@@ -50,8 +58,7 @@ def test_partial_last_batch_counts_every_point():
     # exactly the N points (a learning rate of 0 leaves the parameters at their initial values).
     flow = small_flow()
     x = gaussian_data(150, 3)
-    h = jaxmaf.fit(flow, x, optimizer=optax.sgd(0.0), batch_size=100, num_epochs=1,
-                   progress=False)
+    h = jaxmaf.fit(flow, x, optimizer=optax.sgd(0.0), batch_size=100, num_epochs=1, progress=False)
     np.testing.assert_allclose(h.train_loss[0], -float(flow.log_prob(x).mean()), rtol=1e-6)
 
 
@@ -59,11 +66,20 @@ def test_second_fit_does_not_recompile():
     flow = small_flow()
     x = gaussian_data(200, 4)
     opt = optax.adam(1e-3)
-    jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2,
-               progress=False)
+    jaxmaf.fit(
+        flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2, progress=False
+    )
     sizes = training._train_epoch._cache_size(), training._eval_loss._cache_size()
-    jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2,
-               seed=1, progress=False)
+    jaxmaf.fit(
+        flow,
+        x,
+        validation_data=x[:50],
+        optimizer=opt,
+        batch_size=64,
+        num_epochs=2,
+        seed=1,
+        progress=False,
+    )
     assert (training._train_epoch._cache_size(), training._eval_loss._cache_size()) == sizes
 
 
@@ -72,8 +88,15 @@ def test_conditional_fit_learns_context_dependence():
     c = rng.normal(size=(800, 1)).astype(np.float32)
     x = (np.concatenate([2 * c, -c], 1) + 0.3 * rng.normal(size=(800, 2))).astype(np.float32)
     flow = jaxmaf.MAF(2, 2, (16, 16), context_dim=1, rngs=nnx.Rngs(0))
-    jaxmaf.fit(flow, x, context=c, optimizer=optax.adam(1e-2), batch_size=100, num_epochs=60,
-               progress=False)
+    jaxmaf.fit(
+        flow,
+        x,
+        context=c,
+        optimizer=optax.adam(1e-2),
+        batch_size=100,
+        num_epochs=60,
+        progress=False,
+    )
     xs = flow.sample(jax.random.key(0), (2000,), context=jnp.array([1.0]))
     np.testing.assert_allclose(np.asarray(xs).mean(0), [2.0, -1.0], atol=0.1)
 
@@ -85,8 +108,10 @@ def _params(flow):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(data=np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, np.inf]])),
-         r"data contains NaN or inf in 2 row\(s\) \(rows 1, 2\)"),
+        (
+            dict(data=np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, np.inf]])),
+            r"data contains NaN or inf in 2 row\(s\) \(rows 1, 2\)",
+        ),
         (dict(data=np.zeros((0, 2))), r"non-empty data, got shape \(0, 2\)"),
         (dict(data=np.zeros((5, 3))), r"data of shape \(N, 2\), got shape \(5, 3\)"),
         (dict(batch_size=0), "batch_size to be an integer >= 1, got 0"),
@@ -142,12 +167,20 @@ def test_divergence_stops_and_keeps_best_finite_parameters():
     flow = small_flow()
     x = gaussian_data(200, 5)
     with pytest.warns(RuntimeWarning, match="Training loss became nan at epoch 3"):
-        h = jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=nan_after(3 * 4 + 1),
-                       batch_size=50, num_epochs=10, progress=False)
+        h = jaxmaf.fit(
+            flow,
+            x,
+            validation_data=x[:50],
+            optimizer=nan_after(3 * 4 + 1),
+            batch_size=50,
+            num_epochs=10,
+            progress=False,
+        )
     assert h.stop_reason == "non_finite" and len(h.train_loss) == 3
     assert all(np.all(np.isfinite(p)) for p in _params(flow))
-    np.testing.assert_allclose(-float(flow.log_prob(x[:50]).mean()), h.val_loss[h.best_epoch],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        -float(flow.log_prob(x[:50]).mean()), h.val_loss[h.best_epoch], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["diverging", "nan_last_step"])
@@ -170,9 +203,15 @@ def test_without_validation_the_returned_flow_has_history_best_loss(optimizer):
 
 def test_ensemble_without_validation_members_have_their_best_loss():
     x = gaussian_data(128, 7)
-    flows, hists = jaxmaf.fit_ensemble(small_flow_from_rngs, x, seeds=[0, 1],
-                                       learning_rate=[1e-2, 3.0], batch_size=128,
-                                       num_epochs=12, progress=False)
+    flows, hists = jaxmaf.fit_ensemble(
+        small_flow_from_rngs,
+        x,
+        seeds=[0, 1],
+        learning_rate=[1e-2, 3.0],
+        batch_size=128,
+        num_epochs=12,
+        progress=False,
+    )
     for flow, h in zip(flows, hists, strict=True):
         assert h.best_epoch >= 0 and all(np.all(np.isfinite(p)) for p in _params(flow))
         np.testing.assert_allclose(-float(flow.log_prob(x).mean()), h.best_loss, rtol=1e-5)
@@ -186,8 +225,16 @@ def test_early_stopping():
     flow = small_flow()
     x = gaussian_data(200, 6)
     # lr 0: validation never improves after epoch 0, so training stops after 1 + patience epochs.
-    h = jaxmaf.fit(flow, x, validation_data=x[:50], optimizer=optax.sgd(0.0), batch_size=50,
-                   num_epochs=50, patience=3, progress=False)
+    h = jaxmaf.fit(
+        flow,
+        x,
+        validation_data=x[:50],
+        optimizer=optax.sgd(0.0),
+        batch_size=50,
+        num_epochs=50,
+        patience=3,
+        progress=False,
+    )
     assert h.stop_reason == "early_stopping" and len(h.val_loss) == 4 and h.best_epoch == 0
 
 
@@ -196,14 +243,29 @@ def test_ensemble_members_match_single_fits_with_their_own_learning_rates():
     x, xv = gaussian_data(300, 7), gaussian_data(100, 8)
     make = lambda rngs: jaxmaf.MAF(2, 2, (8, 8), rngs=rngs)  # noqa: E731
     lrs = [1e-2, 3e-3, 1e-3]
-    flows, hists = jaxmaf.fit_ensemble(make, x, seeds=[0, 5, 9], learning_rate=lrs,
-                                       validation_data=xv, batch_size=64, num_epochs=4,
-                                       progress=False)
+    flows, hists = jaxmaf.fit_ensemble(
+        make,
+        x,
+        seeds=[0, 5, 9],
+        learning_rate=lrs,
+        validation_data=xv,
+        batch_size=64,
+        num_epochs=4,
+        progress=False,
+    )
     assert len(flows) == len(hists) == 3
     for flow, h, seed, lr in zip(flows, hists, [0, 5, 9], lrs, strict=True):
         single = make(nnx.Rngs(seed))
-        hs = jaxmaf.fit(single, x, validation_data=xv, optimizer=optax.adam(lr), batch_size=64,
-                        num_epochs=4, seed=seed, progress=False)
+        hs = jaxmaf.fit(
+            single,
+            x,
+            validation_data=xv,
+            optimizer=optax.adam(lr),
+            batch_size=64,
+            num_epochs=4,
+            seed=seed,
+            progress=False,
+        )
         np.testing.assert_allclose(h.val_loss, hs.val_loss, rtol=1e-5)
         np.testing.assert_allclose(h.train_loss, hs.train_loss, rtol=1e-5)
         assert h.best_epoch == hs.best_epoch
@@ -226,8 +288,16 @@ def test_ensemble_errors():
 # ---------------------------------------------------------------- save / load / resume
 @pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
 def test_save_load_roundtrip_identical_log_prob(tmp_path, cls):
-    flow = cls(3, 3, (8, 8), permutation="random", hidden_degrees="random", context_dim=2,
-               activation="tanh", rngs=nnx.Rngs(3))
+    flow = cls(
+        3,
+        3,
+        (8, 8),
+        permutation="random",
+        hidden_degrees="random",
+        context_dim=2,
+        activation="tanh",
+        rngs=nnx.Rngs(3),
+    )
     from conftest import perturb
 
     perturb(flow)
@@ -238,8 +308,9 @@ def test_save_load_roundtrip_identical_log_prob(tmp_path, cls):
     x = jax.random.normal(jax.random.key(0), (7, 3))
     c = jax.random.normal(jax.random.key(1), (7, 2))
     np.testing.assert_array_equal(loaded.log_prob(x, c), flow.log_prob(x, c))
-    np.testing.assert_array_equal(loaded.sample(jax.random.key(2), (4,), c[0]),
-                                  flow.sample(jax.random.key(2), (4,), c[0]))
+    np.testing.assert_array_equal(
+        loaded.sample(jax.random.key(2), (4,), c[0]), flow.sample(jax.random.key(2), (4,), c[0])
+    )
 
 
 def test_save_load_keeps_batch_norm_statistics_and_mode(tmp_path):
@@ -293,8 +364,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     best = jaxmaf.load(tmp_path / training.BEST_FLOW)
     np.testing.assert_array_equal(best.log_prob(xv), reference.log_prob(xv))
     with pytest.raises(ValueError, match="different run"):
-        jaxmaf.fit(small_flow(), x, checkpoint_dir=tmp_path, resume=True,
-                   **{**kw, "batch_size": 32})
+        jaxmaf.fit(
+            small_flow(), x, checkpoint_dir=tmp_path, resume=True, **{**kw, "batch_size": 32}
+        )
 
 
 # ---------------------------------------------------------------- data parallel
@@ -331,10 +403,16 @@ def test_data_parallel_on_four_cpu_devices_matches_single_device():
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DATA-PARALLEL-OK" in out.stdout
 
@@ -345,8 +423,15 @@ def test_circles_target_nll():
 
     data = datasets.circles()
     flow = jaxmaf.MAF(2, 4, (64, 64), rngs=nnx.Rngs(0))
-    h = jaxmaf.fit(flow, data.train, validation_data=data.validation,
-                   optimizer=optax.adam(1e-3), batch_size=128, num_epochs=150, progress=False)
+    h = jaxmaf.fit(
+        flow,
+        data.train,
+        validation_data=data.validation,
+        optimizer=optax.adam(1e-3),
+        batch_size=128,
+        num_epochs=150,
+        progress=False,
+    )
     test_nll = -float(flow.log_prob(data.test).mean())
     assert test_nll < 1.50, test_nll
     assert h.val_loss[h.best_epoch] == min(h.val_loss)
@@ -355,15 +440,23 @@ def test_circles_target_nll():
 def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
     x, xv = gaussian_data(400, 11).astype(np.float64) * 3 + 5, gaussian_data(100, 12) * 3 + 5
     flow = jaxmaf.MAF(2, 3, (16,), batch_norm=True, rngs=nnx.Rngs(0))
-    h = jaxmaf.fit(flow, x, validation_data=xv, optimizer=optax.adam(1e-2), batch_size=100,
-                   num_epochs=5, progress=False)
+    h = jaxmaf.fit(
+        flow,
+        x,
+        validation_data=xv,
+        optimizer=optax.adam(1e-2),
+        batch_size=100,
+        num_epochs=5,
+        progress=False,
+    )
     bn = flow.batch_norms[0]
     assert not np.allclose(bn.mean[...], 0.0)  # running averages moved towards the data
     assert not bn.use_running_average  # fit leaves the flow in the mode it found
     flow.eval()
     # validation used eval mode (running averages): the best epoch's value is reproduced
-    np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch],
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        -float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch], rtol=1e-9
+    )
     pts = jnp.asarray(xv[:6])
     lp = flow.log_prob(pts)
     bij = flow.bijector()
