@@ -71,11 +71,11 @@ def load(name: str, quick: bool) -> datasets.Split:
     if name == "digits":
         return datasets.digits((400, 100, 100) if quick else (1297, 250, 250))
     if name in datasets.TOY_2D:
-        return datasets.toy_2d(name, *(((600, (400, 100, 100)),) if quick else ()))
+        return datasets.toy_2d(name, 600, (400, 100, 100)) if quick else datasets.toy_2d(name)
     return datasets.tabular(name)
 
 
-def exponential_warmup(lr: float, steps: int) -> optax.Schedule:
+def linear_warmup(lr: float, steps: int) -> optax.Schedule:
     return optax.linear_schedule(lr / 100, lr, steps)
 
 
@@ -157,7 +157,7 @@ VARIANTS: dict[str, tuple] = {
     "warmup": (
         "learning rate warm-up over the first 2 epochs",
         {},
-        {"optimizer": lambda lr, steps: optax.adam(exponential_warmup(lr, 2 * steps))},
+        {"optimizer": lambda lr, steps: optax.adam(linear_warmup(lr, 2 * steps))},
     ),
     "masked_fan_in": ("LeCun init over the unmasked fan-in", {}, {}, masked_fan_in),
     "bias_zero": ("hidden biases zero", {}, {}, lambda flow, seed: zero_bias(flow)),
@@ -353,6 +353,13 @@ def main():
     names = {"suite": SUITE, "heldout": HELDOUT, "all": SUITE + HELDOUT}.get(
         args.datasets, tuple(args.datasets.split(","))
     )
+    known = set(SUITE + HELDOUT)
+    for name in names:
+        if name not in known:
+            p.error(
+                f"unknown data set {name!r}: expected suite, heldout, all, or names from "
+                f"{', '.join(SUITE + HELDOUT)}"
+            )
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
