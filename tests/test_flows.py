@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CONTEXT_DIM, DIMS, FLOWS, make_flow, make_inputs, perturb
 from flax import nnx
 
 import jaxmaf
+from conftest import CONTEXT_DIM, DIMS, FLOWS, make_flow, make_inputs, perturb
 
 CORE = ("maf", "iaf", "maf_cond", "iaf_cond")
 # The core flows at every dimension of DIMS; the variants (spline, residual, MoG, random
@@ -137,7 +137,8 @@ def test_sample_and_log_prob_consistent(name, x64):
     flow = make_flow(name, 4)
     _, c = make_inputs(name, 4, n=6)
     xs, lp = flow.sample_and_log_prob(jax.random.key(0), (2,), context=c)
-    assert xs.shape == ((2, 6, 4) if c is not None else (2, 4))
+    expected = (2, 6, 4) if c is not None else (2, 4)
+    assert xs.shape == expected
     # A spline IAF's density inverts each spline by a quadratic root: in steep bins (knot
     # slopes down to 1e-4) float64 rounding is amplified to ~1e-8 relative.
     tol = 1e-7 if "spline" in name else 1e-9
