@@ -50,6 +50,7 @@ from flax import nnx
 
 import jaxmaf
 from jaxmaf import datasets
+from jaxmaf.made import uniform_fan_in
 
 SUITE = (
     "circles",
@@ -86,7 +87,7 @@ def _masked_layers(flow):
 
 
 def masked_fan_in(flow, seed):
-    """Rescales every hidden kernel to LeCun variance over the inputs its mask keeps."""
+    """Rescales every kernel to LeCun variance over the inputs its mask keeps."""
     for layer in _masked_layers(flow):
         mask = layer.mask.array
         kept = np.maximum(mask.sum(0), 1)
@@ -106,8 +107,7 @@ def uniform_kernels(flow, seed):
     for made in flow.layers:
         for layer in made.hidden:
             key, sub = jax.random.split(key)
-            lim = 1 / math.sqrt(layer.kernel.shape[0])
-            layer.kernel[...] = jax.random.uniform(sub, layer.kernel.shape, minval=-lim, maxval=lim)
+            layer.kernel[...] = _uniform(layer, sub, layer.kernel.shape)
 
 
 def uniform_init(flow, seed):
@@ -115,9 +115,13 @@ def uniform_init(flow, seed):
     key = jax.random.key(1000 + seed)
     for layer in _masked_layers(flow):
         key, k1, k2 = jax.random.split(key, 3)
-        lim = 1 / math.sqrt(layer.kernel.shape[0])
-        layer.kernel[...] = jax.random.uniform(k1, layer.kernel.shape, minval=-lim, maxval=lim)
-        layer.bias[...] = jax.random.uniform(k2, layer.bias.shape, minval=-lim, maxval=lim)
+        layer.kernel[...] = _uniform(layer, k1, layer.kernel.shape)
+        layer.bias[...] = _uniform(layer, k2, layer.bias.shape)
+
+
+def _uniform(layer, key, shape):
+    """U(+-1/sqrt(fan_in)) of the layer's full fan-in (the MADE's own hidden-bias initializer)."""
+    return uniform_fan_in(layer.kernel.shape[0])(key, shape, layer.kernel.dtype)
 
 
 # Ablation: each variant changes ONE factor of jaxmaf's defaults (flow kwargs, fit kwargs,
