@@ -10,10 +10,10 @@ Example:
 
 from jaxmaf import masks
 from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
-from jaxmaf.checkpoint import load, save
 from jaxmaf.flows import IAF, MAF, FlowConfig, standard_normal_log_prob
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
 from jaxmaf.made import ACTIVATIONS, MADE, MaskedLinear, get_activation
+from jaxmaf.serialization import load, save
 from jaxmaf.training import History, check_data, fit, fit_ensemble
 from jaxmaf.transformers import Affine, Spline
 

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.made import check_event, default_dtype
+from jaxmaf.made import check_event
 from jaxmaf.masks import check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
+from jaxmaf.validation import check_float, check_int, check_param_dtype
 
 Array = jax.Array
 SEQUENTIAL_METHODS = ("exact", "jacobi")
@@ -84,12 +85,11 @@ class MaskedAutoregressive(distrax.Bijector):
             raise ValueError(f"Expected a callable conditioner, got {conditioner!r}.")
         if method not in SEQUENTIAL_METHODS:
             raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
-        if not tol >= 0:
-            raise ValueError(f"Expected tol >= 0, got {tol}.")
+        tol = check_float("tol", tol, low=0.0, low_open=False)
         self._conditioner = conditioner
         self._transformer = get_transformer(transformer)
         self._method = method
-        self._tol = float(tol)
+        self._tol = tol
 
     @property
     def conditioner(self) -> Callable[[Array], Array]:
@@ -323,10 +323,11 @@ class BatchNorm(nnx.Module):
         eps: float = 1e-5,
         param_dtype: jnp.dtype | None = None,
     ):
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Expected 0 <= momentum < 1, got {momentum}.")
-        dtype = param_dtype or default_dtype()
-        self.dim, self.momentum, self.eps = dim, float(momentum), float(eps)
+        dim = check_int("dim", dim, minimum=1)
+        momentum = check_float("momentum", momentum, low=0.0, high=1.0, low_open=False)
+        eps = check_float("eps", eps, low=0.0)
+        dtype = check_param_dtype(param_dtype)
+        self.dim, self.momentum, self.eps = dim, momentum, eps
         self.use_running_average = False
         self.log_gamma = nnx.Param(jnp.zeros((dim,), dtype))
         self.beta = nnx.Param(jnp.zeros((dim,), dtype))

@@ -15,9 +15,16 @@ import numpy as np
 from flax import nnx
 
 from jaxmaf.bijectors import SEQUENTIAL_METHODS, BatchNorm, MaskedAutoregressive, Permute
-from jaxmaf.made import MADE, check_context, check_event, default_dtype
-from jaxmaf.masks import _check_dim, check_permutation
+from jaxmaf.made import MADE, check_context, check_event, check_hidden_dims, get_activation
+from jaxmaf.masks import HIDDEN_DEGREES, check_permutation
 from jaxmaf.transformers import TRANSFORMERS, Transformer, get_transformer
+from jaxmaf.validation import (
+    check_choice,
+    check_float,
+    check_int,
+    check_param_dtype,
+    check_rngs,
+)
 
 Array = jax.Array
 PERMUTATIONS = ("auto", "reverse", "random", "none")
@@ -68,6 +75,7 @@ class FlowConfig:
     base: str = "gaussian"
     num_components: int = 1
     batch_norm: bool = False
+    mask_seed: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
@@ -101,26 +109,36 @@ class _AutoregressiveFlow(nnx.Module):
         batch_norm: bool = False,
         output_init_scale: float = 0.0,
         param_dtype: jnp.dtype | None = None,
+        mask_seed: int | None = None,
         rngs: nnx.Rngs,
     ):
-        _check_dim(dim)
-        if base not in BASES:
-            raise ValueError(f"Unknown base {base!r}: expected one of {BASES}.")
-        if base == "mog" and (
-            not isinstance(num_components, int | np.integer) or num_components < 1
-        ):
-            raise ValueError(f"Expected num_components >= 1, got {num_components!r}.")
-        if not isinstance(num_layers, int | np.integer) or num_layers < 1:
-            raise ValueError(f"Expected num_layers to be an integer >= 1, got {num_layers!r}.")
-        if isinstance(hidden_dims, int | np.integer) or not isinstance(hidden_dims, Sequence):
-            raise ValueError(f"Expected hidden_dims as a sequence of ints, got {hidden_dims!r}.")
+        dim = check_int("dim", dim, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
+        hidden_dims = check_hidden_dims(hidden_dims)
+        context_dim = check_int("context_dim", context_dim, minimum=0)
+        check_choice("base", base, BASES)
+        num_components = check_int("num_components", num_components, minimum=1)
+        output_init_scale = check_float("output_init_scale", output_init_scale)
+        for name, flag in (("residual", residual), ("batch_norm", batch_norm)):
+            if not isinstance(flag, bool | np.bool_):
+                raise ValueError(f"Expected {name} to be True or False, got {flag!r}.")
+        check_rngs(rngs)
+        get_activation(activation)
         self.transformer = get_transformer(transformer)
-        if not isinstance(context_dim, int | np.integer) or context_dim < 0:
-            raise ValueError(f"Expected context_dim to be an integer >= 0, got {context_dim!r}.")
         self.dim, self.num_layers, self.context_dim = dim, num_layers, context_dim
-        self.hidden_dims = tuple(hidden_dims)
-        self.param_dtype = jnp.dtype(param_dtype or default_dtype())
+        self.hidden_dims = hidden_dims
+        self.param_dtype = jnp.dtype(check_param_dtype(param_dtype))
         self.permutations = self._make_permutations(permutation, rngs)
+        check_choice("hidden_degrees", hidden_degrees, HIDDEN_DEGREES)
+        if mask_seed is not None:
+            mask_seed = check_int("mask_seed", mask_seed, minimum=0)
+        elif hidden_degrees == "random":
+            mask_seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+        layer_seeds = (
+            [int(s) for s in np.random.default_rng(mask_seed).integers(2**31, size=num_layers)]
+            if hidden_degrees == "random"
+            else [None] * num_layers
+        )
         self.layers = nnx.List(
             [
                 MADE(
@@ -133,9 +151,10 @@ class _AutoregressiveFlow(nnx.Module):
                     residual=residual,
                     output_init_scale=output_init_scale,
                     param_dtype=self.param_dtype,
+                    mask_seed=seed,
                     rngs=rngs,
                 )
-                for _ in range(num_layers)
+                for seed in layer_seeds
             ]
         )
         self.config = FlowConfig(
@@ -153,6 +172,7 @@ class _AutoregressiveFlow(nnx.Module):
             base=base,
             num_components=int(num_components) if base == "mog" else 1,
             batch_norm=bool(batch_norm),
+            mask_seed=mask_seed if hidden_degrees == "random" else None,
         )
         self.batch_norms = nnx.List(
             [BatchNorm(dim, param_dtype=self.param_dtype) for _ in range(num_layers - 1)]
@@ -362,7 +382,10 @@ class _AutoregressiveFlow(nnx.Module):
             bounds memory (see :meth:`chunk_rows`); None: all at once.
 
         Returns:
-          log-densities of shape ``broadcast(...)``.
+          log-densities of shape ``broadcast(...)``. Points so far out that the
+          computation overflows (``|x|`` around ``1e19`` in float32, or
+          infinite) get ``-inf`` (density 0 in floating point); NaN comes out
+          only where NaN went in (in ``x``, the context or the parameters).
 
         Raises:
           ValueError: wrong event dimension of ``x``; context missing,
@@ -378,7 +401,16 @@ class _AutoregressiveFlow(nnx.Module):
 
         def log_prob(x, context):
             u, log_det = self.bijector(context, method=method, tol=tol).inverse_and_log_det(x)
-            return self.base_log_prob(u) + log_det
+            lp = self.base_log_prob(u) + log_det
+            # Far out (|x| ~ 1e19 and beyond in float32) the conditioner overflows and
+            # inf - inf or 0 * inf gives NaN where the density has underflowed to 0.
+            # NaN stays NaN where it came in: from x, the context or the parameters.
+            nan_in = jnp.isnan(x).any(-1)
+            if context is not None:
+                nan_in = nan_in | jnp.isnan(context).any(-1)
+            for leaf in jax.tree.leaves(nnx.state(self, nnx.Param)):
+                nan_in = nan_in | jnp.isnan(leaf).any()
+            return jnp.where(jnp.isnan(lp) & ~nan_in, -jnp.inf, lp)
 
         return self._chunked(log_prob, x, context, chunk_size)
 
@@ -556,12 +588,20 @@ class MAF(_AutoregressiveFlow):
         flow starts exactly at the identity).
       param_dtype: parameter dtype (float32; float64 under
         ``jax_enable_x64``).
+      mask_seed: numpy seed of the random hidden degrees (with
+        ``hidden_degrees="random"``; recorded in ``config`` so a saved flow's
+        masks are recomputed on load). None: drawn from ``rngs``.
       rngs: NNX random streams.
 
     Raises:
-      ValueError: ``dim < 1``, ``num_layers < 1``, a hidden width <= 0,
-        unknown activation / permutation / hidden-degree / transformer /
-        base name, unequal hidden widths with ``residual=True``.
+      ValueError: at construction, naming the argument: ``dim``,
+        ``num_layers``, a hidden width, ``context_dim``, ``num_components`` or
+        ``mask_seed`` not an integer in range (numpy integers are accepted);
+        unknown activation / permutation / hidden-degree / transformer / base
+        name; non-finite ``output_init_scale``; a non-floating
+        ``param_dtype`` (or float64 without ``jax_enable_x64``); ``rngs``
+        that is not an ``nnx.Rngs``; unequal hidden widths with
+        ``residual=True``.
 
     Example:
       >>> flow = jaxmaf.MAF(dim=2, num_layers=4, hidden_dims=(128, 128), rngs=nnx.Rngs(0))

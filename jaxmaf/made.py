@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmaf import masks as masks_lib
+from jaxmaf.validation import check_float, check_int, check_param_dtype, check_rngs
 
 Array = jax.Array
 
@@ -59,6 +61,35 @@ def get_activation(activation: str | Callable[[Array], Array]) -> Callable[[Arra
     if callable(activation):
         return activation
     raise ValueError(f"Expected an activation name or a callable, got {activation!r}.")
+
+
+def check_hidden_dims(hidden_dims: Any) -> tuple[int, ...]:
+    """A sequence of hidden widths, each an integer >= 1 (an empty sequence is allowed).
+
+    Args:
+      hidden_dims: what the caller passed.
+
+    Returns:
+      the widths as a tuple of Python ints.
+
+    Raises:
+      ValueError: a single int, not a sequence, or an entry that is not an integer >= 1.
+
+    Example:
+      >>> check_hidden_dims([64, np.int64(64)])
+      (64, 64)
+    """
+    if isinstance(hidden_dims, str) or not isinstance(hidden_dims, Sequence | np.ndarray):
+        raise ValueError(
+            f"Expected hidden_dims to be a sequence of integers >= 1 (e.g. (64, 64)), got "
+            f"{hidden_dims!r}."
+        )
+    try:
+        return tuple(check_int("hidden_dims entry", h, minimum=1) for h in hidden_dims)
+    except ValueError:
+        raise ValueError(
+            f"Expected every hidden_dims entry to be an integer >= 1, got {hidden_dims!r}."
+        ) from None
 
 
 def default_dtype() -> jnp.dtype:
@@ -160,8 +191,9 @@ class MaskedLinear(nnx.Module):
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 2:
             raise ValueError(f"Expected a 2-D mask (in, out), got shape {mask.shape}.")
+        check_rngs(rngs)
         fan_in, fan_out = mask.shape
-        dtype = param_dtype or default_dtype()
+        dtype = check_param_dtype(param_dtype)
         kernel_init = kernel_init or nnx.initializers.lecun_normal()
         self.in_features, self.out_features = fan_in, fan_out
         self.mask = Constant(mask)
@@ -234,8 +266,11 @@ class MADE(nnx.Module):
         ``U(+-1/sqrt(fan_in))`` (see :func:`uniform_fan_in`).
       param_dtype: dtype of the parameters (default float32, float64 under
         ``jax_enable_x64``).
-      rngs: NNX random streams (``params``; random orders and degrees are
-        seeded from it too).
+      mask_seed: numpy seed of a random order and random hidden degrees
+        (an int >= 0; recorded as ``self.mask_seed``). None: drawn from
+        ``rngs`` when needed (a device value pulled to the host, so not
+        under ``nnx.eval_shape``).
+      rngs: NNX random streams (``params``).
 
     Raises:
       ValueError: ``dim < 1``, a hidden width <= 0, ``params_per_dim < 1``,
@@ -261,17 +296,16 @@ class MADE(nnx.Module):
         residual: bool = False,
         output_init_scale: float = 0.0,
         param_dtype: jnp.dtype | None = None,
+        mask_seed: int | None = None,
         rngs: nnx.Rngs,
     ):
-        masks_lib._check_dim(dim)
-        hidden_dims = tuple(hidden_dims)
-        for h in hidden_dims:
-            if not isinstance(h, int | np.integer) or h <= 0:
-                raise ValueError(f"Expected every hidden_dims entry >= 1, got {hidden_dims}.")
-        if not isinstance(params_per_dim, int | np.integer) or params_per_dim < 1:
-            raise ValueError(f"Expected params_per_dim >= 1, got {params_per_dim!r}.")
-        if not isinstance(context_dim, int | np.integer) or context_dim < 0:
-            raise ValueError(f"Expected context_dim >= 0, got {context_dim!r}.")
+        dim = check_int("dim", dim, minimum=1)
+        hidden_dims = check_hidden_dims(hidden_dims)
+        params_per_dim = check_int("params_per_dim", params_per_dim, minimum=1)
+        context_dim = check_int("context_dim", context_dim, minimum=0)
+        output_init_scale = check_float("output_init_scale", output_init_scale)
+        param_dtype = check_param_dtype(param_dtype)
+        check_rngs(rngs)
         if hidden_degrees not in masks_lib.HIDDEN_DEGREES:
             raise ValueError(
                 f"Unknown hidden_degrees {hidden_degrees!r}: expected one of "
@@ -284,7 +318,13 @@ class MADE(nnx.Module):
         self.activation_fn = get_activation(activation)
         self.residual = bool(residual)
         needs_seed = (isinstance(order, str) and order == "random") or hidden_degrees == "random"
-        seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1)) if needs_seed else 0
+        if mask_seed is not None:
+            seed = check_int("mask_seed", mask_seed, minimum=0)
+        elif needs_seed:  # a host integer drawn once; pass mask_seed to stay off the device
+            seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+        else:
+            seed = 0
+        self.mask_seed = seed if needs_seed else None
         degrees = masks_lib.input_degrees(dim, order, seed=seed)
         layer_masks, _ = masks_lib.made_masks(
             degrees,
@@ -295,7 +335,7 @@ class MADE(nnx.Module):
             seed=seed + 1,
             residual=residual,
         )
-        dtype = param_dtype or default_dtype()
+        dtype = param_dtype
 
         self.dim, self.params_per_dim, self.context_dim = dim, params_per_dim, context_dim
         self.hidden_dims = hidden_dims

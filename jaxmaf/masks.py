@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxmaf.validation import check_int
+
 ORDERS = ("natural", "reversed", "random")
 HIDDEN_DEGREES = ("equal", "random")
 _ORDER_ALIASES = {"left-to-right": "natural", "right-to-left": "reversed", "reverse": "reversed"}
@@ -50,7 +52,7 @@ def input_degrees(dim: int, order: OrderLike = "natural", seed: int | None = 0) 
       >>> input_degrees(3, [2, 0, 1])
       array([2, 3, 1])
     """
-    _check_dim(dim)
+    dim = check_int("dim", dim, minimum=1)
     if isinstance(order, str):
         name = _ORDER_ALIASES.get(order, order)
         if name == "natural":
@@ -229,8 +231,3 @@ def connectivity(masks: Sequence[np.ndarray], params_per_dim: int = 1) -> np.nda
     d_in = path.shape[0]
     per_out = path.reshape(d_in, -1, params_per_dim).max(axis=-1)
     return per_out.T.astype(bool)
-
-
-def _check_dim(dim: int) -> None:
-    if not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"Expected dim to be an integer >= 1, got {dim!r}.")

@@ -7,7 +7,9 @@ import functools
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,8 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx, serialization
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxmaf import serialization
+from jaxmaf.validation import check_float, check_int
 
 Array = jax.Array
 
@@ -298,8 +303,12 @@ def fit(
         their number. Works the same for GPUs, TPUs or multi-host
         (``jax.distributed``) device lists.
       checkpoint_dir: write the training state there after every epoch
-        (``train_state.msgpack``; atomic) and the best flow
-        (``best.jaxmaf``, loadable with :func:`jaxmaf.load`).
+        (``train_state.msgpack``; atomic and checksummed, see
+        :mod:`jaxmaf.serialization`) and the best flow (``best.jaxmaf``,
+        loadable with :func:`jaxmaf.load`; a flow that cannot be saved, e.g.
+        with a callable activation, gets a warning up front and no
+        ``best.jaxmaf``). Created if missing; checked writable before any
+        training.
       resume: continue from the training state in ``checkpoint_dir`` (if
         present) to the same result as an uninterrupted run.
 
@@ -309,9 +318,15 @@ def fit(
     Raises:
       ValueError: before any training, for data of the wrong shape, empty,
         or with NaN/inf; context missing, unexpected, mismatched in length or
-        width; ``batch_size < 1``; ``num_epochs < 1``; ``patience < 1``;
-        ``batch_size`` not divisible by the number of devices; ``resume``
-        without ``checkpoint_dir`` or from a checkpoint of a different run.
+        width; ``batch_size < 1``; ``num_epochs < 1``; ``patience < 1``
+        (bools are refused for all three); ``seed`` not an integer >= 0; an
+        ``optimizer`` without Optax's ``init``/``update``;
+        ``batch_size`` not divisible by the number of devices;
+        ``checkpoint_dir`` that is a file or cannot be written; ``resume``
+        without ``checkpoint_dir``; ``resume`` from a training state that is
+        corrupted or truncated (the file is named), or was written for
+        another flow (architecture, transformer, dtype), run (data size,
+        batch size, seed) or optimizer: the message names what differs.
         A refused call leaves the flow untouched.
 
     Example:
@@ -335,6 +350,14 @@ def fit(
     )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the training state is).")
+    seed = check_int("seed", seed, minimum=0)
+    if optimizer is not None and not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise ValueError(
+            "Expected optimizer to be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
+            f"got {optimizer!r}."
+        )
     optimizer = optimizer or _DEFAULT_OPTIMIZER
     graphdef, eval_graphdef, params, rest = _split_modes(flow)
     opt_state = optimizer.init(params)
@@ -343,9 +366,11 @@ def fit(
     best, since_best, start_epoch = (params, rest), 0, 0
     fingerprint = dict(n=run.n, batch_size=run.batch_size, seed=seed, dim=flow.dim)
     ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, TRAIN_STATE)
+    if ckpt is not None:
+        _check_checkpoint_dir(checkpoint_dir, flow)
     if resume and os.path.exists(ckpt):
         (params, rest), opt_state, key, best, history, since_best, start_epoch = _load_state(
-            ckpt, (params, rest), opt_state, fingerprint
+            ckpt, flow, (params, rest), opt_state, key, fingerprint
         )
     if run.replicated is not None:
         params, rest, opt_state, best = jax.device_put(
@@ -404,6 +429,7 @@ def fit(
             if ckpt is not None:
                 _save_state(
                     ckpt,
+                    flow,
                     (params, rest),
                     opt_state,
                     key,
@@ -478,8 +504,10 @@ def fit_ensemble(
       parameters, and one :class:`History` each.
 
     Raises:
-      ValueError: as :func:`fit`; no seeds; a learning-rate list of the wrong
-        length; members whose structures differ.
+      ValueError: as :func:`fit`; no seeds, or a seed that is not an
+        integer >= 0; a learning rate that is not finite and > 0, or a list
+        of the wrong length; an ``optimizer`` that is not a factory;
+        members whose structures differ.
 
     Example:
       >>> x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
@@ -489,14 +517,16 @@ def fit_ensemble(
       >>> len(flows), [h.best_epoch >= 0 for h in hists]
       (2, [True, True])
     """
-    seeds = [int(s) for s in seeds]
+    seeds = [check_int("seeds entry", s, minimum=0) for s in seeds]
     if not seeds:
         raise ValueError("Expected at least one seed, got none.")
-    lrs = (
-        [float(learning_rate)] * len(seeds)
-        if np.ndim(learning_rate) == 0
-        else [float(v) for v in learning_rate]
-    )
+    lrs = [learning_rate] * len(seeds) if np.ndim(learning_rate) == 0 else list(learning_rate)
+    lrs = [check_float("learning_rate", v, low=0.0) for v in lrs]
+    if not callable(optimizer):
+        raise ValueError(
+            f"Expected optimizer to be an Optax factory taking learning_rate= (e.g. optax.adam), "
+            f"got {optimizer!r}."
+        )
     if len(lrs) != len(seeds):
         raise ValueError(f"Expected {len(seeds)} learning rates (one per seed), got {len(lrs)}.")
     flows = [make_flow(nnx.Rngs(s)) for s in seeds]
@@ -708,63 +738,166 @@ TRAIN_STATE = "train_state.msgpack"
 BEST_FLOW = "best.jaxmaf"
 
 
-def _save_state(
-    path, params, opt_state, key, best_params, history, since_best, next_epoch, fingerprint
-):
-    from jaxmaf.checkpoint import atomic_write
+def _describe_optimizer(opt_state) -> str:
+    """The optimizer state's structure (its node types and leaf layout), to compare on resume."""
+    return str(jax.tree.structure(opt_state))
 
-    leaves = lambda t: {str(i): np.asarray(a) for i, a in enumerate(jax.tree.leaves(t))}  # noqa: E731
+
+def _state_types(description: str) -> list[str]:
+    return re.findall(r"\b([A-Z]\w*State)\(", description)
+
+
+def _differences(saved: dict, current: dict) -> str:
+    keys = sorted(set(saved) | set(current))
+    return "; ".join(
+        f"{k}: saved {saved.get(k)!r}, this run {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    )
+
+
+def _save_state(
+    path, flow, params, opt_state, key, best_params, history, since_best, next_epoch, fingerprint
+):
     payload = {
-        "params": leaves(params),
-        "opt_state": leaves(opt_state),
-        "best_params": leaves(best_params),
+        "flow": json.dumps(serialization.config_of(flow)),
+        "optimizer": _describe_optimizer(opt_state),
+        "fingerprint": json.dumps(fingerprint),
+        "params": serialization.to_named_arrays(params),
+        "opt_state": serialization.to_named_arrays(opt_state),
+        "best_params": serialization.to_named_arrays(best_params),
         "key": np.asarray(jax.random.key_data(key)),
         "history": json.dumps(history.to_dict()),
         "since_best": since_best,
         "next_epoch": next_epoch,
-        "fingerprint": json.dumps(fingerprint),
     }
-    atomic_write(path, serialization.msgpack_serialize(payload))
+    serialization.atomic_write(path, serialization.encode("train_state", payload))
 
 
-def _load_state(path, params, opt_state, fingerprint):
-    with open(path, "rb") as f:
-        payload = serialization.msgpack_restore(f.read())
-    saved = json.loads(payload["fingerprint"])
-    if saved != fingerprint:
+def _load_state(path, flow, params, opt_state, key, fingerprint):
+    """Reads a training state written by :func:`_save_state`, checking it against this run.
+
+    Every mismatch is a ValueError that names it: the flow's configuration
+    (architecture, transformer, dtype), the run (data size, batch size,
+    seed), the optimizer's state structure, then each array's name, shape and
+    dtype.
+    """
+    source = repr(os.fspath(path))
+    payload = serialization.read(path, "train_state")
+    fields = {
+        "flow",
+        "optimizer",
+        "fingerprint",
+        "params",
+        "opt_state",
+        "best_params",
+        "key",
+        "history",
+        "since_best",
+        "next_epoch",
+    }
+    if set(payload) != fields:
         raise ValueError(
-            f"The checkpoint in {path} is from a different run: expected "
-            f"{fingerprint}, got {saved}."
+            f"{source}: unexpected fields in the training state: missing "
+            f"{sorted(fields - set(payload))}, unknown {sorted(set(payload) - fields)}."
         )
-
-    def restore(template, stored):
-        leaves, treedef = jax.tree.flatten(template)
-        if len(stored) != len(leaves):
-            raise ValueError(f"The checkpoint in {path} does not match this flow/optimizer.")
-        return jax.tree.unflatten(
-            treedef, [jnp.asarray(stored[str(i)], leaf.dtype) for i, leaf in enumerate(leaves)]
+    texts = ("flow", "optimizer", "fingerprint", "history")
+    for name in texts:
+        if not isinstance(payload[name], str):
+            raise ValueError(f"{source}: expected the training state's {name} as text.")
+    try:
+        saved_flow, saved_run, saved_history = (
+            json.loads(payload[k]) for k in ("flow", "fingerprint", "history")
         )
-
-    history = History(**json.loads(payload["history"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: a field of the training state is not JSON ({e}).") from None
+    current = serialization.config_of(flow)
+    if saved_flow != current and isinstance(saved_flow, dict) and isinstance(current, dict):
+        raise ValueError(
+            f"The checkpoint in {source} was written for a different flow: "
+            f"{_differences(saved_flow, current)}."
+        )
+    if saved_flow != current:
+        raise ValueError(f"The checkpoint in {source} was written for a different kind of flow.")
+    if saved_run != fingerprint:
+        raise ValueError(
+            f"The checkpoint in {source} is from a different run: "
+            f"{_differences(saved_run, fingerprint) if isinstance(saved_run, dict) else saved_run}."
+        )
+    described = _describe_optimizer(opt_state)
+    if payload["optimizer"] != described:
+        raise ValueError(
+            f"The checkpoint in {source} was written with a different optimizer: its state has "
+            f"{_state_types(payload['optimizer'])}, this optimizer's has "
+            f"{_state_types(described)}."
+        )
+    restored_params = serialization.from_named_arrays(
+        params, payload["params"], source, "parameters"
+    )
+    restored_opt = serialization.from_named_arrays(
+        opt_state, payload["opt_state"], source, "optimizer state"
+    )
+    restored_best = serialization.from_named_arrays(
+        params, payload["best_params"], source, "best parameters"
+    )
+    key_data = jax.random.key_data(key)
+    stored_key = payload["key"]
+    if not (
+        isinstance(stored_key, np.ndarray)
+        and stored_key.shape == key_data.shape
+        and stored_key.dtype == key_data.dtype
+    ):
+        raise ValueError(f"{source}: expected a random key of {key_data.dtype}{key_data.shape}.")
+    history_fields = {f.name for f in dataclasses.fields(History)}
+    if not isinstance(saved_history, dict) or set(saved_history) != history_fields:
+        raise ValueError(f"{source}: expected the history with fields {sorted(history_fields)}.")
+    history = History(**saved_history)
+    counters = [payload["since_best"], payload["next_epoch"]]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counters):
+        raise ValueError(f"{source}: expected non-negative integer epoch counters, got {counters}.")
+    if len(history.train_loss) != payload["next_epoch"]:
+        raise ValueError(
+            f"{source}: the history has {len(history.train_loss)} epochs, the state says "
+            f"{payload['next_epoch']}."
+        )
     return (
-        restore(params, payload["params"]),
-        restore(opt_state, payload["opt_state"]),
-        jax.random.wrap_key_data(jnp.asarray(payload["key"])),
-        restore(params, payload["best_params"]),
+        restored_params,
+        restored_opt,
+        jax.random.wrap_key_data(jnp.asarray(stored_key)),
+        restored_best,
         history,
         int(payload["since_best"]),
         int(payload["next_epoch"]),
     )
 
 
-def _save_best(checkpoint_dir, flow, best):
-    from jaxmaf.checkpoint import save
-
-    graphdef = nnx.split(flow, nnx.Param, ...)[0]
+def _check_checkpoint_dir(checkpoint_dir, flow) -> None:
+    """Refuses a checkpoint directory that cannot be written, before any training."""
+    path = os.fspath(checkpoint_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"Expected checkpoint_dir to be a directory, got the file {path!r}.")
     try:
-        save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, *best))
-    except ValueError:  # e.g. an activation given as a callable: the train state still has it
-        pass
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"Expected a writable checkpoint_dir, got {path!r} ({e.strerror or e})."
+        ) from None
+    reason = serialization.check_savable(flow)
+    if reason is not None:
+        warnings.warn(
+            f"fit will write the training state to {path!r} but not {BEST_FLOW}: {reason}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _save_best(checkpoint_dir, flow, best):
+    if serialization.check_savable(flow) is not None:  # warned about in _check_checkpoint_dir
+        return
+    graphdef = nnx.split(flow, nnx.Param, ...)[0]
+    serialization.save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, *best))
 
 
 def _check_context(context: Any, context_dim: int, n: int, name: str) -> np.ndarray | None:

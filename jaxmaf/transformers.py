@@ -16,6 +16,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from jaxmaf.validation import check_choice, check_float, check_int
+
 Array = jax.Array
 
 SCALE_PARAMETERISATIONS = ("softplus", "exp", "exp_softclamp")
@@ -58,10 +60,11 @@ class Affine:
     Args:
       scale: ``"softplus"``, ``"exp"`` or ``"exp_softclamp"``.
       min_scale: lower bound of ``s`` (softplus only), in ``(0, 1)``.
-      bound: bound of ``|log s|`` (exp_softclamp only), > 0.
+      bound: bound of ``|log s|`` (exp_softclamp only), finite and > 0.
 
     Raises:
-      ValueError: unknown ``scale`` name, or a bound out of range.
+      ValueError: unknown ``scale`` name, or ``min_scale``/``bound`` not a
+        finite number in range.
 
     Example:
       >>> t = Affine()
@@ -77,15 +80,12 @@ class Affine:
     num_params = 2
 
     def __post_init__(self):
-        if self.scale not in SCALE_PARAMETERISATIONS:
-            raise ValueError(
-                f"Unknown scale parameterisation {self.scale!r}: expected one of "
-                f"{SCALE_PARAMETERISATIONS}."
-            )
-        if not 0 < self.min_scale < 1:
-            raise ValueError(f"Expected 0 < min_scale < 1, got {self.min_scale}.")
-        if not self.bound > 0:
-            raise ValueError(f"Expected bound > 0, got {self.bound}.")
+        check_choice("scale", self.scale, SCALE_PARAMETERISATIONS)
+        # Normalised to Python floats: the transformer is hashed and saved as JSON.
+        object.__setattr__(
+            self, "min_scale", check_float("min_scale", self.min_scale, low=0.0, high=1.0)
+        )
+        object.__setattr__(self, "bound", check_float("bound", self.bound, low=0.0))
 
     def density_scale(self, params: Array) -> tuple[Array, Array, Array]:
         """Splits ``params (..., D, 2)`` into ``(b, s, log s)``, each ``(..., D)``."""
@@ -156,11 +156,14 @@ class Spline:
     Args:
       num_bins: number of bins K >= 1.
       tail_bound: half-width B > 0 of the spline's interval.
-      min_bin_size: smallest bin width/height (relative to 2B).
-      min_knot_slope: smallest knot slope.
+      min_bin_size: smallest bin width and height (absolute, like
+        ``tail_bound``), > 0 with ``num_bins * min_bin_size < 2 * tail_bound``.
+      min_knot_slope: smallest knot slope, in ``(0, 1)``.
 
     Raises:
-      ValueError: ``num_bins < 1`` or ``tail_bound <= 0``.
+      ValueError: ``num_bins`` not an integer >= 1 (numpy integers are
+        accepted); ``tail_bound`` not finite and > 0; ``min_bin_size`` or
+        ``min_knot_slope`` out of range.
 
     Example:
       >>> t = Spline(num_bins=8, tail_bound=3.0)
@@ -175,10 +178,23 @@ class Spline:
     min_knot_slope: float = 1e-4
 
     def __post_init__(self):
-        if not isinstance(self.num_bins, int) or self.num_bins < 1:
-            raise ValueError(f"Expected num_bins to be an integer >= 1, got {self.num_bins!r}.")
-        if not self.tail_bound > 0:
-            raise ValueError(f"Expected tail_bound > 0, got {self.tail_bound}.")
+        num_bins = check_int("num_bins", self.num_bins, minimum=1)
+        tail_bound = check_float("tail_bound", self.tail_bound, low=0.0)
+        min_bin_size = check_float("min_bin_size", self.min_bin_size, low=0.0)
+        if num_bins * min_bin_size >= 2.0 * tail_bound:
+            raise ValueError(
+                "Expected num_bins * min_bin_size < 2 * tail_bound (the bins must fit in "
+                f"[-tail_bound, tail_bound] with room to move), got num_bins={num_bins}, "
+                f"min_bin_size={min_bin_size}, tail_bound={tail_bound}."
+            )
+        min_knot_slope = check_float("min_knot_slope", self.min_knot_slope, low=0.0, high=1.0)
+        for name, value in (
+            ("num_bins", num_bins),
+            ("tail_bound", tail_bound),
+            ("min_bin_size", min_bin_size),
+            ("min_knot_slope", min_knot_slope),
+        ):
+            object.__setattr__(self, name, value)
 
     @property
     def num_params(self) -> int:

@@ -96,7 +96,7 @@ def test_affine_log_det_matches_derivative(scale):
     np.testing.assert_allclose(ld, jnp.log(jnp.abs(deriv)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(t.inverse(x, params), u, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(t.as_bijector(params).forward(u), x, rtol=1e-6)
-    with pytest.raises(ValueError, match="Unknown scale parameterisation 'sigmoid'"):
+    with pytest.raises(ValueError, match="Unknown scale 'sigmoid'"):
         jaxmaf.Affine(scale="sigmoid")
 
 

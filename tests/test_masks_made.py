@@ -153,7 +153,7 @@ def test_made_errors():
         made(jnp.ones(3))
     with pytest.raises(ValueError, match="Unknown activation 'rel'"):
         jaxmaf.MADE(3, (8,), 2, activation="rel", rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="params_per_dim >= 1"):
+    with pytest.raises(ValueError, match="params_per_dim to be an integer >= 1"):
         jaxmaf.MADE(3, (8,), 0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="Unknown order"):
         jaxmaf.MADE(3, (8,), 2, order="zigzag", rngs=nnx.Rngs(0))

@@ -1,0 +1,177 @@
+"""Argument checks shared by every module: one place, one wording of the errors.
+
+Each check raises a ``ValueError`` that names the argument, what was expected
+and what came, and returns the value normalised to a Python type (numpy
+integers and floats are accepted wherever Python ones are; ``bool`` is never
+taken for a number).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """An integer (Python or numpy, not bool), at least ``minimum``.
+
+    Args:
+      name: the argument's name, used in the error message.
+      value: what the caller passed.
+      minimum: smallest allowed value (None: no bound).
+
+    Returns:
+      ``value`` as a Python ``int``.
+
+    Raises:
+      ValueError: not an integer, a bool, or below ``minimum``.
+
+    Example:
+      >>> check_int("num_bins", np.int64(8), minimum=1)
+      8
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"Expected {name} to be an integer, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = True,
+    high_open: bool = True,
+) -> float:
+    """A finite real number (Python or numpy, not bool) within ``(low, high)``.
+
+    Args:
+      name: the argument's name, used in the error message.
+      value: what the caller passed.
+      low: lower bound (None: none).
+      high: upper bound (None: none).
+      low_open: exclude ``low`` itself (default) or include it.
+      high_open: exclude ``high`` itself (default) or include it.
+
+    Returns:
+      ``value`` as a Python ``float``.
+
+    Raises:
+      ValueError: not a real number, a bool, NaN or infinite, or out of range.
+
+    Example:
+      >>> check_float("tail_bound", np.float32(3.0), low=0.0)
+      3.0
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Expected {name} to be a real number, got {value!r}.")
+    value = float(value)
+    if low is not None and high is not None:
+        expected = (
+            f"a finite number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        )
+    elif low is not None:
+        expected = f"a finite number {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        expected = f"a finite number {'<' if high_open else '<='} {high}"
+    else:
+        expected = "a finite number"
+    if not math.isfinite(value):
+        raise ValueError(f"Expected {name} to be {expected}, got {value}.")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"Expected {name} to be {expected}, got {value}.")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"Expected {name} to be {expected}, got {value}.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """One of a fixed set of names.
+
+    Args:
+      name: the argument's name, used in the error message.
+      value: what the caller passed.
+      choices: the allowed names.
+
+    Returns:
+      ``value``.
+
+    Raises:
+      ValueError: anything not in ``choices``.
+
+    Example:
+      >>> check_choice("base", "mog", ("gaussian", "mog"))
+      'mog'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}: expected one of {choices}.")
+    return value
+
+
+def check_rngs(rngs: Any) -> Any:
+    """An ``nnx.Rngs`` (where the parameters' random draws come from).
+
+    Args:
+      rngs: what the caller passed.
+
+    Returns:
+      ``rngs``.
+
+    Raises:
+      ValueError: anything else (an int seed, a JAX key, None).
+
+    Example:
+      >>> check_rngs(nnx.Rngs(0)) is not None
+      True
+    """
+    from flax import nnx
+
+    if not isinstance(rngs, nnx.Rngs):
+        raise ValueError(
+            f"Expected rngs to be a flax.nnx.Rngs (e.g. nnx.Rngs(0)), got {type(rngs).__name__}: "
+            f"{rngs!r}."
+        )
+    return rngs
+
+
+def check_param_dtype(param_dtype: Any) -> np.dtype:
+    """A floating dtype that JAX will keep as given (no silent float64 -> float32).
+
+    Args:
+      param_dtype: a dtype-like (``jnp.float32``, ``"float64"``, ...), or None
+        for the default: float64 when ``jax_enable_x64`` is on, float32
+        otherwise.
+
+    Returns:
+      the dtype.
+
+    Raises:
+      ValueError: not a dtype, not floating point, or a 64-bit dtype while
+        ``jax_enable_x64`` is off (JAX would silently store float32).
+
+    Example:
+      >>> check_param_dtype("float32")
+      dtype('float32')
+    """
+    import jax
+
+    if param_dtype is None:
+        return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+    try:
+        dtype = np.dtype(param_dtype)
+    except TypeError:
+        raise ValueError(f"Expected param_dtype to be a dtype, got {param_dtype!r}.") from None
+    if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+        raise ValueError(f"Expected param_dtype to be a floating dtype, got {dtype}.")
+    if np.dtype(jax.dtypes.canonicalize_dtype(dtype)) != dtype:
+        raise ValueError(
+            f"Expected a param_dtype JAX can hold, got {dtype} while jax_enable_x64 is off "
+            "(it would silently become float32): enable x64 or pass float32."
+        )
+    return dtype
