@@ -37,7 +37,6 @@ def test_logdet_scaling_quick_float64(tmp_path):
         ],
         check=True,
         cwd=ROOT,
-        timeout=600,
         env=dict(os.environ, MPLBACKEND="Agg"),
     )
     result = json.loads((tmp_path / "logdet_scaling.json").read_text())
