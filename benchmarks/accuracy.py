@@ -147,6 +147,8 @@ VARIANTS: dict[str, tuple] = {
     "degrees_random": ("hidden degrees random", {"hidden_degrees": "random"}, {}),
     "perm_reverse": ("reverse permutations", {"permutation": "reverse"}, {}),
     "perm_random": ("random permutations (from rngs)", {"permutation": "random"}, {}),
+    "ema_off": ("no parameter average (last iterate only)", {}, {"ema_epochs": None}),
+    "ema_3": ("parameter average over 3 epochs", {}, {"ema_epochs": 3.0}),
     "patience_none": ("no early stopping (best epoch of all)", {}, {"patience": None}),
     "patience_10": ("patience 10", {}, {"patience": 10}),
     "clip_5": (
@@ -207,6 +209,7 @@ def fit_jaxmaf(data, dim, args, seed, variant):
         patience=patience,
         seed=seed,
         progress=False,
+        **fit_kwargs,
     )
     elapsed = time.perf_counter() - t0
     nll = -float(jnp.mean(nnx.jit(lambda f, x: f.log_prob(x))(flow, data.test)))

@@ -13,7 +13,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,69 @@ from jaxmaf.validation import check_float, check_int
 Array = jax.Array
 
 _DEFAULT_OPTIMIZER = optax.adam(1e-3)
+DEFAULT_EMA_EPOCHS = 8.0
+
+
+class AveragedState(NamedTuple):
+    """State of :func:`with_parameter_average`: the inner optimizer's, the average, the step."""
+
+    inner: Any
+    average: Any
+    count: Array
+
+
+@functools.lru_cache(maxsize=64)
+def with_parameter_average(
+    optimizer: optax.GradientTransformation, decay: float
+) -> optax.GradientTransformation:
+    """``optimizer`` that also tracks an exponential moving average of the parameters.
+
+    After each update the average moves towards the new parameters,
+    ``avg <- d avg + (1 - d) params`` with ``d = min(decay, (1 + t) / (10 + t))``
+    at step ``t`` (the warm-up keeps the first steps from anchoring the average
+    at the initial parameters). The updates themselves are the inner
+    optimizer's, unchanged; the average lives in the state
+    (``state.average``), so it is compiled into the training step, saved in
+    checkpoints and vmapped over ensembles with everything else. One object
+    per ``(optimizer, decay)``, so a second :func:`fit` reuses its program.
+
+    Args:
+      optimizer: any Optax transformation.
+      decay: the average's decay per step, in ``[0, 1)``.
+
+    Returns:
+      the wrapped transformation (its state is an :class:`AveragedState`).
+
+    Example:
+      >>> opt = with_parameter_average(optax.sgd(0.1), 0.5)
+      >>> params = {"w": jnp.zeros(2)}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.ones(2)}, state, params)
+      >>> state.average["w"].tolist()  # step 1: d = min(0.5, 2 / 11)
+      [-0.08181818574666977, -0.08181818574666977]
+    """
+
+    def init(params):
+        return AveragedState(optimizer.init(params), params, jnp.zeros((), jnp.int32))
+
+    def update(grads, state, params=None):
+        updates, inner = optimizer.update(grads, state.inner, params)
+        new_params = optax.apply_updates(params, updates)
+        count = state.count + 1
+        d = jnp.minimum(decay, (1.0 + count) / (10.0 + count))
+        average = jax.tree.map(
+            lambda a, p: (d * a + (1.0 - d) * p).astype(a.dtype), state.average, new_params
+        )
+        return updates, AveragedState(inner, average, count)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _ema_decay(ema_epochs: float | None, num_batches: int) -> float | None:
+    """The per-step decay whose time constant is ``ema_epochs`` epochs (None: no average)."""
+    if ema_epochs is None:
+        return None
+    return max(0.0, 1.0 - 1.0 / (ema_epochs * num_batches))
 
 
 @dataclasses.dataclass
@@ -42,13 +105,19 @@ class History:
         parameters).
       best_loss: the mean NLL of exactly those parameters, evaluated after
         that epoch (batch norm in eval mode): on the validation data if given,
-        else on the whole training set. (``train_loss`` is the mean over the
-        epoch's minibatches, taken while the parameters were being updated,
-        so it is not the loss of any one set of parameters.)
+        else on the whole training set. ``val_loss[e]`` is the validation NLL
+        of epoch ``e``'s judged parameters (the better of the last iterate and
+        the moving average), so ``best_loss == val_loss[best_epoch]``.
+        (``train_loss`` is the mean over the epoch's minibatches, taken while
+        the parameters were being updated, so it is not the loss of any one
+        set of parameters.)
       epoch_time: wall-clock seconds of each epoch (the first includes compilation).
       wall_time: total seconds.
       stop_reason: ``"completed"``, ``"early_stopping"``, ``"non_finite"`` or
         ``"interrupted"``.
+      averaged: per epoch, whether the parameters judged (and, at the best
+        epoch, returned) were the moving average rather than the last
+        iterate (see ``ema_epochs`` in :func:`fit`).
     """
 
     train_loss: list[float] = dataclasses.field(default_factory=list)
@@ -58,6 +127,7 @@ class History:
     epoch_time: list[float] = dataclasses.field(default_factory=list)
     wall_time: float = 0.0
     stop_reason: str = "completed"
+    averaged: list[bool] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the history."""
@@ -199,7 +269,7 @@ def _select(mask, new, old):
     )
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "eval_graphdef"))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "eval_graphdef", "averaged"))
 def _ensemble_epoch(
     params,
     rest,
@@ -219,8 +289,14 @@ def _ensemble_epoch(
     batch_size,
     num_batches,
     batch_sharding=None,
+    averaged=False,
 ):
-    """One epoch of every member (vmapped), validation, and best-parameter bookkeeping."""
+    """One epoch of every member (vmapped), validation, and best-parameter bookkeeping.
+
+    With ``averaged``, the optimizer state holds a parameter average
+    (:func:`with_parameter_average`) and each member's candidate is the better
+    of its last iterate and its average.
+    """
     body = functools.partial(
         _epoch_body,
         graphdef=graphdef,
@@ -237,14 +313,19 @@ def _ensemble_epoch(
         update, (new_params, new_rest, new_opt), (params, rest, opt_state)
     )
     judge, judge_context = (data, context) if val_data is None else (val_data, val_context)
-    loss = jax.vmap(lambda p, r: _eval_loss(p, r, judge, judge_context, graphdef=eval_graphdef))(
-        params, rest
-    )
+    evaluate = jax.vmap(lambda p, r: _eval_loss(p, r, judge, judge_context, graphdef=eval_graphdef))
+    loss = evaluate(params, rest)
+    candidate, use_average = params, jnp.zeros_like(update)
+    if averaged:
+        loss_avg = evaluate(opt_state.average, rest)
+        use_average = jnp.isfinite(loss_avg) & ~(loss_avg >= loss)
+        loss = jnp.where(use_average, loss_avg, loss)
+        candidate = _select(use_average, opt_state.average, params)
     val_loss = loss if val_data is not None else jnp.full_like(train_loss, jnp.nan)
     improved = update & jnp.isfinite(loss) & (loss < best_loss)
-    best = _select(improved, (params, rest), best)
+    best = _select(improved, (candidate, rest), best)
     best_loss = jnp.where(improved, loss, best_loss)
-    return params, rest, opt_state, keys, best, best_loss, train_loss, val_loss
+    return params, rest, opt_state, keys, best, best_loss, train_loss, val_loss, use_average
 
 
 def fit(
@@ -258,6 +339,7 @@ def fit(
     batch_size: int = 256,
     num_epochs: int = 100,
     patience: int | None = None,
+    ema_epochs: float | None = DEFAULT_EMA_EPOCHS,
     seed: int = 0,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
@@ -295,6 +377,14 @@ def fit(
       patience: stop when the loss that judges the best epoch (validation
         NLL, else training-set NLL) has not improved for this many epochs
         (None: never).
+      ema_epochs: also keep an exponential moving average of the parameters
+        with this time constant in epochs (see
+        :func:`with_parameter_average`), and judge both it and the last
+        iterate after every epoch: the better one is the epoch's candidate
+        for the best parameters. None: the last iterate only. The average
+        smooths minibatch noise out of the returned parameters: over 3 seeds
+        on ``benchmarks/accuracy.py`` it lowered the test NLL of every data
+        set it was tried on (see the README).
       seed: seed of the shuffling.
       progress: show a progress bar (only on a terminal, never under CI).
       devices: data parallelism: each minibatch is split across these devices
@@ -351,6 +441,8 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the training state is).")
     seed = check_int("seed", seed, minimum=0)
+    if ema_epochs is not None:
+        ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
     if optimizer is not None and not (
         callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     ):
@@ -359,12 +451,17 @@ def fit(
             f"got {optimizer!r}."
         )
     optimizer = optimizer or _DEFAULT_OPTIMIZER
+    decay = _ema_decay(ema_epochs, run.num_batches)
+    if decay is not None:
+        optimizer = with_parameter_average(optimizer, decay)
     graphdef, eval_graphdef, params, rest = _split_modes(flow)
     opt_state = optimizer.init(params)
     key = jax.random.key(seed)
     history = History()
     best, since_best, start_epoch = (params, rest), 0, 0
-    fingerprint = dict(n=run.n, batch_size=run.batch_size, seed=seed, dim=flow.dim)
+    fingerprint = dict(
+        n=run.n, batch_size=run.batch_size, seed=seed, dim=flow.dim, ema_epochs=ema_epochs
+    )
     ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, TRAIN_STATE)
     if ckpt is not None:
         _check_checkpoint_dir(checkpoint_dir, flow)
@@ -410,18 +507,26 @@ def fit(
                 break
             params, rest, opt_state, key = new_params, new_rest, new_opt_state, new_key
             history.train_loss.append(train_loss)
+            # judged on the validation data, else on the whole training set (the parameters
+            # kept are judged by their own loss, not by the epoch's running mean)
+            judge = (
+                (run.data, run.context) if run.val_data is None else (run.val_data, run.val_context)
+            )
+            candidate = (params, rest)
+            loss = float(_eval_loss(params, rest, *judge, graphdef=eval_graphdef))
+            averaged = False
+            if decay is not None:
+                loss_avg = float(
+                    _eval_loss(opt_state.average, rest, *judge, graphdef=eval_graphdef)
+                )
+                if math.isfinite(loss_avg) and not loss_avg >= loss:  # NaN raw: take the average
+                    loss, candidate, averaged = loss_avg, (opt_state.average, rest), True
+            history.averaged.append(averaged)
             if run.val_data is not None:
-                loss = float(
-                    _eval_loss(params, rest, run.val_data, run.val_context, graphdef=eval_graphdef)
-                )
                 history.val_loss.append(loss)
-            else:  # the parameters kept are judged by their own loss, not the epoch's mean
-                loss = float(
-                    _eval_loss(params, rest, run.data, run.context, graphdef=eval_graphdef)
-                )
             history.epoch_time.append(time.perf_counter() - t0)
             if math.isfinite(loss) and loss < history.best_loss:
-                history.best_loss, history.best_epoch, best = loss, epoch, (params, rest)
+                history.best_loss, history.best_epoch, best = loss, epoch, candidate
                 since_best = 0
             else:
                 since_best += 1
@@ -471,6 +576,7 @@ def fit_ensemble(
     batch_size: int = 256,
     num_epochs: int = 100,
     patience: int | None = None,
+    ema_epochs: float | None = DEFAULT_EMA_EPOCHS,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
 ) -> tuple[list[nnx.Module], list[History]]:
@@ -496,6 +602,7 @@ def fit_ensemble(
       batch_size: as in :func:`fit`.
       num_epochs: as in :func:`fit`.
       patience: as in :func:`fit`, per member.
+      ema_epochs: as in :func:`fit`, per member (each keeps its own average).
       progress: as in :func:`fit`.
       devices: as in :func:`fit` (every member's batch is split across them).
 
@@ -518,6 +625,8 @@ def fit_ensemble(
       (2, [True, True])
     """
     seeds = [check_int("seeds entry", s, minimum=0) for s in seeds]
+    if ema_epochs is not None:
+        ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
     if not seeds:
         raise ValueError("Expected at least one seed, got none.")
     lrs = [learning_rate] * len(seeds) if np.ndim(learning_rate) == 0 else list(learning_rate)
@@ -552,8 +661,12 @@ def fit_ensemble(
     stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
     params, rest = stack([p for *_, p, _ in splits]), stack([r for *_, r in splits])
     opt = _with_learning_rate_state(optimizer)
+    decay = _ema_decay(ema_epochs, run.num_batches)
+    if decay is not None:
+        opt = with_parameter_average(opt, decay)
     opt_state = jax.vmap(opt.init)(params)
-    opt_state.hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
+    hyperparams = (opt_state if decay is None else opt_state.inner).hyperparams
+    hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     m = len(seeds)
     best, best_loss = (params, rest), jnp.full((m,), jnp.inf, jax.tree.leaves(params)[0].dtype)
@@ -569,7 +682,7 @@ def fit_ensemble(
     try:
         for epoch in range(num_epochs):
             t0 = time.perf_counter()
-            params, rest, opt_state, keys, best, best_loss, tl, vl = _ensemble_epoch(
+            params, rest, opt_state, keys, best, best_loss, tl, vl, avg = _ensemble_epoch(
                 params,
                 rest,
                 opt_state,
@@ -587,8 +700,9 @@ def fit_ensemble(
                 batch_size=run.batch_size,
                 num_batches=run.num_batches,
                 batch_sharding=run.batch_sharding,
+                averaged=decay is not None,
             )
-            tl, vl, bl = np.asarray(tl), np.asarray(vl), np.asarray(best_loss)
+            tl, vl, bl, avg = (np.asarray(a) for a in (tl, vl, best_loss, avg))
             dt = time.perf_counter() - t0
             for i, h in enumerate(histories):
                 if not active[i]:
@@ -603,6 +717,7 @@ def fit_ensemble(
                     )
                     continue
                 h.train_loss.append(float(tl[i]))
+                h.averaged.append(bool(avg[i]))
                 if run.val_data is not None:
                     h.val_loss.append(float(vl[i]))
                 h.epoch_time.append(dt)

@@ -120,6 +120,8 @@ BAD_FIT_ARGUMENTS = {
     "seed bool": (dict(seed=True), "seed"),
     "optimizer name": (dict(optimizer="adam"), "optax.GradientTransformation"),
     "optimizer factory": (dict(optimizer=optax.adam), "optax.GradientTransformation"),
+    "ema_epochs 0": (dict(ema_epochs=0.0), "ema_epochs"),
+    "ema_epochs nan": (dict(ema_epochs=float("nan")), "ema_epochs"),
 }
 
 

@@ -469,3 +469,48 @@ def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
     # train mode: batch statistics, so a point's density depends on its batch
     flow.train()
     assert not np.allclose(flow.log_prob(pts[:3]), flow.log_prob(pts)[:3])
+
+
+# ---------------------------------------------------------------- parameter averaging
+def test_parameter_average_follows_its_recurrence():
+    """avg_t = d_t avg_{t-1} + (1 - d_t) p_t with d_t = min(decay, (1 + t) / (10 + t)); the
+    updates themselves are the inner optimizer's, unchanged."""
+    decay, lr = 0.9, 0.1
+    inner = optax.sgd(lr)
+    opt = training.with_parameter_average(inner, decay)
+    assert training.with_parameter_average(inner, decay) is opt  # one program per pair
+    params = {"w": jnp.array([1.0, -2.0])}
+    state = opt.init(params)
+    avg, p = np.array([1.0, -2.0]), np.array([1.0, -2.0])
+    for t in range(1, 30):
+        grads = {"w": jnp.array([np.sin(t), np.cos(t)], jnp.float32)}
+        updates, state = opt.update(grads, state, params)
+        np.testing.assert_allclose(updates["w"], -lr * np.asarray(grads["w"]), rtol=1e-6)
+        params = optax.apply_updates(params, updates)
+        p = p - lr * np.asarray(grads["w"])
+        d = min(decay, (1 + t) / (10 + t))
+        avg = d * avg + (1 - d) * p
+        np.testing.assert_allclose(state.average["w"], avg, rtol=1e-5, atol=1e-6)
+    assert int(state.count) == 29
+
+
+@pytest.mark.parametrize("ema_epochs", [None, 2.0])
+def test_averaged_parameters_are_judged_and_returned(ema_epochs):
+    """The epoch's candidate is the better of the last iterate and the average; the flow
+    fit returns has exactly the loss history reports, whichever it was."""
+    x, xv = gaussian_data(512, 3), gaussian_data(256, 4)
+    flow = small_flow()
+    h = jaxmaf.fit(
+        flow,
+        x,
+        validation_data=xv,
+        optimizer=optax.adam(2e-2),  # noisy enough that the average often wins
+        batch_size=32,
+        num_epochs=8,
+        ema_epochs=ema_epochs,
+        progress=False,
+    )
+    assert len(h.averaged) == len(h.val_loss) == 8
+    assert any(h.averaged) == (ema_epochs is not None)
+    assert h.best_epoch == int(np.argmin(h.val_loss)) and h.best_loss == h.val_loss[h.best_epoch]
+    np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), h.best_loss, rtol=1e-5)
