@@ -226,7 +226,7 @@ def _epoch_body(
 _STATIC = ("graphdef", "optimizer", "batch_size", "num_batches", "batch_sharding")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "eval_graphdef", "averaged"))
 def _train_epoch(
     params,
     rest,
@@ -234,14 +234,24 @@ def _train_epoch(
     key,
     data,
     context,
+    judge_data,
+    judge_context,
     *,
     graphdef,
+    eval_graphdef,
     optimizer,
     batch_size,
     num_batches,
     batch_sharding=None,
+    averaged=False,
 ):
-    return _epoch_body(
+    """One epoch and its judgement, in one program (one dispatch and one sync per epoch).
+
+    Returns the new state, the epoch's mean training loss and the NLL on
+    ``judge_data`` of the last iterate and (with ``averaged``) of the
+    parameter average held in the optimizer state (NaN without it).
+    """
+    params, rest, opt_state, key, train_loss = _epoch_body(
         params,
         rest,
         opt_state,
@@ -254,6 +264,14 @@ def _train_epoch(
         num_batches,
         batch_sharding,
     )
+    ones = jnp.ones(judge_data.shape[0], judge_data.dtype)
+    loss = _loss(params, rest, eval_graphdef, judge_data, judge_context, ones)[0]
+    loss_avg = (
+        _loss(opt_state.average, rest, eval_graphdef, judge_data, judge_context, ones)[0]
+        if averaged
+        else jnp.full_like(loss, jnp.nan)
+    )
+    return params, rest, opt_state, key, train_loss, jnp.stack([loss, loss_avg])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -474,6 +492,7 @@ def fit(
             (params, rest, opt_state, best), run.replicated
         )
 
+    judge = (run.data, run.context) if run.val_data is None else (run.val_data, run.val_context)
     bar = _progress_bar(num_epochs, start_epoch) if progress else None
     start = time.perf_counter() - history.wall_time
     try:
@@ -482,18 +501,21 @@ def fit(
                 history.stop_reason = "early_stopping"
                 break
             t0 = time.perf_counter()
-            new_params, new_rest, new_opt_state, new_key, train_loss = _train_epoch(
+            new_params, new_rest, new_opt_state, new_key, train_loss, losses = _train_epoch(
                 params,
                 rest,
                 opt_state,
                 key,
                 run.data,
                 run.context,
+                *judge,
                 graphdef=graphdef,
+                eval_graphdef=eval_graphdef,
                 optimizer=optimizer,
                 batch_size=run.batch_size,
                 num_batches=run.num_batches,
                 batch_sharding=run.batch_sharding,
+                averaged=decay is not None,
             )
             train_loss = float(train_loss)
             if not math.isfinite(train_loss):
@@ -509,18 +531,10 @@ def fit(
             history.train_loss.append(train_loss)
             # judged on the validation data, else on the whole training set (the parameters
             # kept are judged by their own loss, not by the epoch's running mean)
-            judge = (
-                (run.data, run.context) if run.val_data is None else (run.val_data, run.val_context)
-            )
-            candidate = (params, rest)
-            loss = float(_eval_loss(params, rest, *judge, graphdef=eval_graphdef))
-            averaged = False
-            if decay is not None:
-                loss_avg = float(
-                    _eval_loss(opt_state.average, rest, *judge, graphdef=eval_graphdef)
-                )
-                if math.isfinite(loss_avg) and not loss_avg >= loss:  # NaN raw: take the average
-                    loss, candidate, averaged = loss_avg, (opt_state.average, rest), True
+            loss, loss_avg = (float(v) for v in np.asarray(losses))
+            candidate, averaged = (params, rest), False
+            if math.isfinite(loss_avg) and not loss_avg >= loss:  # NaN raw: take the average
+                loss, candidate, averaged = loss_avg, (opt_state.average, rest), True
             history.averaged.append(averaged)
             if run.val_data is not None:
                 history.val_loss.append(loss)
