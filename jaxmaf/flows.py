@@ -22,6 +22,7 @@ from jaxmaf.validation import (
     check_choice,
     check_float,
     check_int,
+    check_key,
     check_param_dtype,
     check_rngs,
 )
@@ -398,6 +399,8 @@ class _AutoregressiveFlow(nnx.Module):
         """
         check_event(x, self.dim, "x")
         check_context(context, self.context_dim)
+        x = jnp.asarray(x)
+        context = None if context is None else jnp.asarray(context)
 
         def log_prob(x, context):
             u, log_det = self.bijector(context, method=method, tol=tol).inverse_and_log_det(x)
@@ -536,9 +539,13 @@ class _AutoregressiveFlow(nnx.Module):
 
     def _base_noise(self, key: Array, sample_shape: Sequence[int] | int, context: Array | None):
         check_context(context, self.context_dim)
-        shape = (
-            (sample_shape,) if isinstance(sample_shape, int | np.integer) else tuple(sample_shape)
-        )
+        check_key(key)
+        if isinstance(sample_shape, int | np.integer):
+            shape = (sample_shape,)
+        elif isinstance(sample_shape, Sequence | np.ndarray):
+            shape = tuple(sample_shape)
+        else:
+            shape = (None,)  # refused below
         if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0 for n in shape):
             raise ValueError(
                 f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."

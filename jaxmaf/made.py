@@ -466,10 +466,15 @@ class BoundMADE:
 
 
 def check_event(x: Array, dim: int, name: str = "x") -> None:
-    """Raises ValueError unless ``x`` has shape ``(..., dim)``."""
-    shape = jnp.shape(x)
+    """Raises ValueError unless ``x`` is real (or integer) with shape ``(..., dim)``."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = np.asarray(x)  # a list or a scalar
+    shape = tuple(x.shape)
     if len(shape) < 1 or shape[-1] != dim:
         raise ValueError(f"Expected {name} of shape (..., {dim}), got shape {shape}.")
+    dtype = x.dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise ValueError(f"Expected real {name}, got dtype {dtype}.")
 
 
 def check_context(context: Array | None, context_dim: int) -> None:

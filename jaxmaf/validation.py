@@ -175,3 +175,33 @@ def check_param_dtype(param_dtype: Any) -> np.dtype:
             "(it would silently become float32): enable x64 or pass float32."
         )
     return dtype
+
+
+def check_key(key: Any) -> Any:
+    """A JAX random key: ``jax.random.key(seed)`` (typed) or a legacy ``PRNGKey`` (uint32).
+
+    Args:
+      key: what the caller passed.
+
+    Returns:
+      ``key``.
+
+    Raises:
+      ValueError: anything else (an int seed, a numpy array, None).
+
+    Example:
+      >>> check_key(jax.random.key(0)).shape
+      ()
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if isinstance(key, jax.Array):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return key
+        if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
+            return key
+    raise ValueError(
+        f"Expected key to be a JAX random key (e.g. jax.random.key(0)), got {type(key).__name__}: "
+        f"{key!r}."
+    )

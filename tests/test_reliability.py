@@ -154,6 +154,33 @@ def test_bad_ensemble_arguments_are_refused(kwargs, match):
         )
 
 
+BAD_CALLS = {
+    "int key": (lambda f: f.sample(0, (3,)), "random key"),
+    "numpy key": (lambda f: f.sample(np.zeros(2, np.uint32), (3,)), "random key"),
+    "int key, sample_and_log_prob": (lambda f: f.sample_and_log_prob(3, (2,)), "random key"),
+    "float sample_shape": (lambda f: f.sample(jax.random.key(0), 3.0), "sample_shape"),
+    "negative sample_shape": (lambda f: f.sample(jax.random.key(0), (2, -1)), "sample_shape"),
+    "complex x": (lambda f: f.log_prob(jnp.ones((3, 2), jnp.complex64)), "real x"),
+    "text x": (lambda f: f.log_prob(np.array([["a", "b"]])), "real x"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_call_inputs_are_refused_by_name(case):
+    call, match = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=match):
+        call(jaxmaf.MAF(2, 2, (8,), rngs=R(0)))
+
+
+def test_array_likes_and_legacy_keys_are_accepted():
+    flow = jaxmaf.MAF(2, 2, (8,), rngs=R(0))
+    np.testing.assert_array_equal(
+        flow.log_prob([[0.5, 1.0]]), flow.log_prob(jnp.array([[0.5, 1.0]]))
+    )
+    assert flow.log_prob(jnp.ones((3, 2), jnp.int32)).dtype == jnp.float32
+    assert flow.sample(jax.random.PRNGKey(0), (3,)).shape == (3, 2)
+
+
 @pytest.mark.parametrize(
     "name", ["maf", "iaf_cond", "maf_spline", "maf_residual_mog", "maf_batchnorm_eval"]
 )
