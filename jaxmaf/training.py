@@ -401,8 +401,9 @@ def fit(
         iterate after every epoch: the better one is the epoch's candidate
         for the best parameters. None: the last iterate only. The average
         smooths minibatch noise out of the returned parameters: over 3 seeds
-        on ``benchmarks/accuracy.py`` it lowered the test NLL of every data
-        set it was tried on (see the README).
+        on ``benchmarks/accuracy.py`` it lowered the test NLL by 2.0 nats on
+        breast cancer and 0.67 on digits, and was within noise on the other
+        11 data sets (see the README).
       seed: seed of the shuffling.
       progress: show a progress bar (only on a terminal, never under CI).
       devices: data parallelism: each minibatch is split across these devices
