@@ -404,7 +404,7 @@ def fit(
         on ``benchmarks/accuracy.py`` it lowered the test NLL by 2.0 nats on
         breast cancer, 0.67 on digits and 0.02-0.04 on three 2-d sets and
         iris, cost 1.5 +- 1.1 on wine (125 rows), and was within one
-        standard error on the other 7 data sets (see the README).
+        standard error on the other 6 data sets (see the README).
       seed: seed of the shuffling.
       progress: show a progress bar (only on a terminal, never under CI).
       devices: data parallelism: each minibatch is split across these devices
