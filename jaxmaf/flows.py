@@ -15,7 +15,14 @@ import numpy as np
 from flax import nnx
 
 from jaxmaf.bijectors import SEQUENTIAL_METHODS, BatchNorm, MaskedAutoregressive, Permute
-from jaxmaf.made import MADE, check_context, check_event, check_hidden_dims, get_activation
+from jaxmaf.made import (
+    MADE,
+    check_context,
+    check_event,
+    check_hidden_dims,
+    get_activation,
+    host_seed,
+)
 from jaxmaf.masks import HIDDEN_DEGREES, check_permutation
 from jaxmaf.transformers import TRANSFORMERS, Transformer, get_transformer
 from jaxmaf.validation import (
@@ -134,7 +141,7 @@ class _AutoregressiveFlow(nnx.Module):
         if mask_seed is not None:
             mask_seed = check_int("mask_seed", mask_seed, minimum=0)
         elif hidden_degrees == "random":
-            mask_seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+            mask_seed = host_seed(rngs)
         layer_seeds = (
             [int(s) for s in np.random.default_rng(mask_seed).integers(2**31, size=num_layers)]
             if hidden_degrees == "random"
@@ -202,7 +209,7 @@ class _AutoregressiveFlow(nnx.Module):
             elif permutation == "none":
                 perms = [np.arange(self.dim)] * n
             elif permutation == "random":
-                seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+                seed = host_seed(rngs)
                 rng = np.random.default_rng(seed)
                 perms = [rng.permutation(self.dim) for _ in range(n)]
             else:

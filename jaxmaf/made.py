@@ -92,6 +92,22 @@ def check_hidden_dims(hidden_dims: Any) -> tuple[int, ...]:
         ) from None
 
 
+def host_seed(rngs: nnx.Rngs) -> int:
+    """A numpy seed drawn from ``rngs`` (a device value pulled to the host: not under tracing).
+
+    Args:
+      rngs: NNX random streams (``params`` is used).
+
+    Returns:
+      an int in ``[0, 2**31 - 1)``.
+
+    Example:
+      >>> 0 <= host_seed(nnx.Rngs(0)) < 2**31 - 1
+      True
+    """
+    return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+
+
 def default_dtype() -> jnp.dtype:
     """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
@@ -321,7 +337,7 @@ class MADE(nnx.Module):
         if mask_seed is not None:
             seed = check_int("mask_seed", mask_seed, minimum=0)
         elif needs_seed:  # a host integer drawn once; pass mask_seed to stay off the device
-            seed = int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+            seed = host_seed(rngs)
         else:
             seed = 0
         self.mask_seed = seed if needs_seed else None
