@@ -43,6 +43,7 @@ import statistics
 import time
 
 import jax
+from _backend import matmul_precision_note
 
 
 def parse_args(argv=None):
@@ -226,6 +227,7 @@ def main(argv=None):
     for dim, s in speedups.items():
         print(f"  D={dim:>5} " + "  ".join(f"{k} {v:8.1f}x" for k, v in s.items()))
     print(f"\nmax |analytic - dense| log-det over the run ({dtype.name}): {max_diff:.3e}")
+    print(matmul_precision_note())
 
     result = dict(
         rows=rows,
