@@ -32,6 +32,7 @@ from jaxmaf.validation import (
     check_key,
     check_param_dtype,
     check_rngs,
+    constructor_signature,
 )
 
 Array = jax.Array
@@ -59,6 +60,53 @@ def standard_normal_log_prob(u: Array) -> Array:
     """Log-density of a standard normal over the last axis: ``(..., D) -> (...)``."""
     dim = u.shape[-1]
     return -0.5 * jnp.sum(jnp.square(u), axis=-1) - 0.5 * dim * math.log(2 * math.pi)
+
+
+try:  # JAX's own test of "no transformation is tracing now" (private, hence the fallback)
+    from jax._src.core import trace_state_clean as _eager
+except ImportError:  # pragma: no cover - a JAX without it: every call runs uncompiled
+
+    def _eager() -> bool:
+        return False
+
+
+def _modules_are_pytrees() -> bool:
+    """Whether this flax registers NNX modules as JAX pytrees (flax >= 0.11 does)."""
+
+    class Probe(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.zeros(()))
+
+    return len(jax.tree.leaves(Probe())) == 1
+
+
+_PYTREE_MODULES = _modules_are_pytrees()
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(name: str, statics: tuple, writes_state: bool) -> Callable[..., object]:
+    """A compiled ``module.<name>(*arrays, *statics)``, one per method and static arguments.
+
+    The module is an argument, not a constant: a parameter update reuses the program, and
+    its structure (graph definition, static attributes such as batch norm's mode) is part
+    of the cache key, so a structural change compiles anew instead of running a stale
+    program. Read-only calls pass the module as a pytree to ``jax.jit`` (0.15 ms of Python
+    per call for a 4-layer flow); a call that writes state (batch-norm statistics in train
+    mode) goes through ``nnx.jit``, which writes it back (1.6 ms of graph traversal).
+    """
+
+    def call(module, *arrays):
+        return getattr(module, name)(*arrays, *statics)
+
+    return nnx.jit(call) if writes_state or not _PYTREE_MODULES else jax.jit(call)
+
+
+def _hashable(statics: tuple) -> bool:
+    try:
+        hash(statics)
+    except TypeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +371,7 @@ class _AutoregressiveFlow(nnx.Module):
             size on a flow whose batch norm is in train mode (its statistics
             are over the whole batch: call ``flow.eval()`` first).
 
-        Example:
+        Examples:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.chunk_rows(1024, 10_000), flow.chunk_rows(1024, 500)
           (1024, None)
@@ -399,7 +447,7 @@ class _AutoregressiveFlow(nnx.Module):
           ValueError: wrong event dimension of ``x``; context missing,
             unexpected, or of the wrong width; a bad ``chunk_size``.
 
-        Example:
+        Examples:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.log_prob(jnp.zeros((10, 2))).shape
           (10,)
@@ -408,7 +456,15 @@ class _AutoregressiveFlow(nnx.Module):
         check_context(context, self.context_dim)
         x = jnp.asarray(x)
         context = None if context is None else jnp.asarray(context)
+        statics = (method, tol, chunk_size)
+        if _eager() and _hashable(statics):
+            writes = any(not bn.use_running_average for bn in self.batch_norms)
+            return _compiled("_log_prob", statics, writes)(self, x, context)
+        return self._log_prob(x, context, *statics)
 
+    def _log_prob(
+        self, x: Array, context: Array | None, method: str, tol: float, chunk_size: int | None
+    ) -> Array:
         def log_prob(x, context):
             u, log_det = self.bijector(context, method=method, tol=tol).inverse_and_log_det(x)
             lp = self.base_log_prob(u) + log_det
@@ -462,7 +518,7 @@ class _AutoregressiveFlow(nnx.Module):
           ValueError: context missing, unexpected, or of the wrong width;
             unknown method; a bad ``chunk_size``.
 
-        Example:
+        Examples:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.sample(jax.random.key(0), (100,)).shape
           (100, 2)
@@ -473,7 +529,23 @@ class _AutoregressiveFlow(nnx.Module):
         """
         if method not in SEQUENTIAL_METHODS:
             raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
-        u = self._base_noise(key, sample_shape, context)
+        shape, context = self._check_sampling(key, sample_shape, context)
+        statics = (shape, method, tol, bool(return_iterations), chunk_size)
+        if _eager() and _hashable(statics):
+            return _compiled("_sample", statics, False)(self, key, context)
+        return self._sample(key, context, *statics)
+
+    def _sample(
+        self,
+        key: Array,
+        context: Array | None,
+        shape: tuple[int, ...],
+        method: str,
+        tol: float,
+        return_iterations: bool,
+        chunk_size: int | None,
+    ) -> Array | tuple[Array, Array]:
+        u = self._base_noise(key, shape, context)
         if not return_iterations:
             return self._chunked(
                 lambda u, context: self.bijector(context, method=method, tol=tol).forward(u),
@@ -536,7 +608,20 @@ class _AutoregressiveFlow(nnx.Module):
           ValueError: context missing, unexpected, or of the wrong width; a
             bad ``chunk_size``.
         """
-        u = self._base_noise(key, sample_shape, context)
+        shape, context = self._check_sampling(key, sample_shape, context)
+        statics = (shape, chunk_size)
+        if _eager() and _hashable(statics):
+            return _compiled("_sample_and_log_prob", statics, False)(self, key, context)
+        return self._sample_and_log_prob(key, context, shape, chunk_size)
+
+    def _sample_and_log_prob(
+        self,
+        key: Array,
+        context: Array | None,
+        shape: tuple[int, ...],
+        chunk_size: int | None,
+    ) -> tuple[Array, Array]:
+        u = self._base_noise(key, shape, context)
 
         def sample_and_log_prob(u, context):
             x, log_det = self.bijector(context).forward_and_log_det(u)
@@ -544,7 +629,10 @@ class _AutoregressiveFlow(nnx.Module):
 
         return self._chunked(sample_and_log_prob, u, context, chunk_size)
 
-    def _base_noise(self, key: Array, sample_shape: Sequence[int] | int, context: Array | None):
+    def _check_sampling(
+        self, key: Array, sample_shape: Sequence[int] | int, context: Array | None
+    ) -> tuple[tuple[int, ...], Array | None]:
+        """Checks a sampling call's arguments; returns the sample shape as a tuple of ints."""
         check_context(context, self.context_dim)
         check_key(key)
         if isinstance(sample_shape, int | np.integer):
@@ -557,19 +645,22 @@ class _AutoregressiveFlow(nnx.Module):
             raise ValueError(
                 f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
             )
-        shape = tuple(int(n) for n in shape)
+        return tuple(int(n) for n in shape), None if context is None else jnp.asarray(context)
+
+    def _base_noise(self, key: Array, shape: tuple[int, ...], context: Array | None) -> Array:
         batch = () if context is None else tuple(jnp.shape(context)[:-1])
         if self.base == "mog":
             return self.base_distribution().sample(seed=key, sample_shape=shape + batch)
         return jax.random.normal(key, shape + batch + (self.dim,), self.param_dtype)
 
 
+@constructor_signature
 class MAF(_AutoregressiveFlow):
     """Masked autoregressive flow (Papamakarios et al. 2017).
 
     ``num_layers`` MADE-conditioned affine autoregressive layers with a fixed
     permutation between consecutive layers (none after the last, as in the
-    seed experiment). Density (``log_prob``) is one MADE pass per layer;
+    TensorFlow MAF tutorial). Density (``log_prob``) is one MADE pass per layer;
     sampling is D sequential passes per layer (``lax.fori_loop``).
 
     Args:
@@ -617,7 +708,7 @@ class MAF(_AutoregressiveFlow):
         that is not an ``nnx.Rngs``; unequal hidden widths with
         ``residual=True``.
 
-    Example:
+    Examples:
       >>> flow = jaxmaf.MAF(dim=2, num_layers=4, hidden_dims=(128, 128), rngs=nnx.Rngs(0))
       >>> x = flow.sample(jax.random.key(1), (1000,))      # (1000, 2)
       >>> lp = flow.log_prob(x)                            # (1000,)
@@ -627,6 +718,7 @@ class MAF(_AutoregressiveFlow):
     inverted = False
 
 
+@constructor_signature
 class IAF(_AutoregressiveFlow):
     """Inverse autoregressive flow (Kingma et al. 2016): the inverted MAF layers.
 
@@ -635,7 +727,7 @@ class IAF(_AutoregressiveFlow):
     ``sample_and_log_prob``) is one MADE pass per layer, ``log_prob`` of
     arbitrary points needs D sequential passes per layer.
 
-    Example:
+    Examples:
       >>> flow = jaxmaf.IAF(dim=2, num_layers=4, hidden_dims=(64, 64), rngs=nnx.Rngs(0))
       >>> x, lp = flow.sample_and_log_prob(jax.random.key(1), (1000,))
     """

@@ -1,0 +1,250 @@
+"""Interactive (eager) calls against the same calls compiled, for jaxmaf and flowjax; import times.
+
+What a notebook user meets: ``flow.log_prob(x)`` and ``flow.sample(key, n)``
+called at the top level, not inside a jitted function. For each call this
+prints:
+  - the first eager call (tracing and compilation included);
+  - the traces and backend compilations the *second* eager call caused
+    (0 and 0 when nothing recompiles);
+  - the median eager call and the median of the same call under ``nnx.jit``
+    (``equinox.filter_jit`` for flowjax), and their ratio: the median over
+    interleaved rounds of the per-round ratio, with its quartiles.
+Then the time of ``import jaxmaf`` against ``import distrax`` (which jaxmaf
+imports), ``import jax`` and ``import flowjax``, each in fresh processes,
+interleaved, medians.
+
+Workload: 2-d flows, 4 layers, MADE 64x64 (the circles example's), 1000
+points; a conditional MAF with 2 context dimensions.
+
+Run: python benchmarks/interactive.py [--out DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import jaxmaf
+
+N = 1000
+TRACE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileCounter:
+    """Counts JAX traces and backend compilations while active (``jax.monitoring`` events)."""
+
+    def __init__(self):
+        self.counts = dict.fromkeys(TRACE_EVENTS, 0)
+
+    def __call__(self, event, duration, **kwargs):
+        """The listener: counts the events it knows."""
+        if event in self.counts:
+            self.counts[event] += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+    @property
+    def traces(self):
+        """Traces seen."""
+        return self.counts[TRACE_EVENTS[0]]
+
+    @property
+    def compiles(self):
+        """Backend compilations seen."""
+        return self.counts[TRACE_EVENTS[1]]
+
+
+def quartiles(values):
+    q = statistics.quantiles(values, n=4)
+    return q[0], statistics.median(values), q[2]
+
+
+def jaxmaf_cases():
+    x = jax.random.normal(jax.random.key(0), (N, 2))
+    c = jax.random.normal(jax.random.key(1), (N, 2))
+    key = jax.random.key(2)
+    maf = jaxmaf.MAF(2, 4, (64, 64), rngs=nnx.Rngs(0))
+    iaf = jaxmaf.IAF(2, 4, (64, 64), rngs=nnx.Rngs(0))
+    cmaf = jaxmaf.MAF(2, 4, (64, 64), context_dim=2, rngs=nnx.Rngs(0))
+    # (name, eager call, the same call under nnx.jit)
+    specs = [
+        ("MAF log_prob", maf, lambda f, x, c, k: f.log_prob(x)),
+        ("MAF sample", maf, lambda f, x, c, k: f.sample(k, (N,))),
+        ("MAF sample jacobi", maf, lambda f, x, c, k: f.sample(k, (N,), method="jacobi")),
+        ("MAF sample_and_log_prob", maf, lambda f, x, c, k: f.sample_and_log_prob(k, (N,))),
+        ("IAF log_prob", iaf, lambda f, x, c, k: f.log_prob(x)),
+        ("IAF log_prob jacobi", iaf, lambda f, x, c, k: f.log_prob(x, method="jacobi")),
+        ("IAF sample", iaf, lambda f, x, c, k: f.sample(k, (N,))),
+        ("IAF sample_and_log_prob", iaf, lambda f, x, c, k: f.sample_and_log_prob(k, (N,))),
+        ("conditional MAF log_prob", cmaf, lambda f, x, c, k: f.log_prob(x, c)),
+        ("conditional MAF sample", cmaf, lambda f, x, c, k: f.sample(k, (), c)),
+    ]
+    cases = []
+    for name, flow, call in specs:
+        jitted = nnx.jit(call)
+        cases.append(
+            (
+                f"jaxmaf {name}",
+                lambda flow=flow, call=call: call(flow, x, c, key),
+                lambda flow=flow, jitted=jitted: jitted(flow, x, c, key),
+            )
+        )
+    return cases
+
+
+def flowjax_cases():
+    try:
+        import equinox as eqx
+        from flowjax.distributions import Normal
+        from flowjax.flows import masked_autoregressive_flow
+    except ImportError as e:
+        print(f"flowjax: skipped ({e}); pip install -e '.[bench]'")
+        return []
+    x = jax.random.normal(jax.random.key(0), (N, 2))
+    key = jax.random.key(2)
+    flow = masked_autoregressive_flow(
+        jax.random.key(0), base_dist=Normal(jnp.zeros(2)), flow_layers=4, nn_width=64, nn_depth=2
+    )
+    log_prob = eqx.filter_jit(lambda f, x: f.log_prob(x))
+    sample = eqx.filter_jit(lambda f, k: f.sample(k, (N,)))
+    return [
+        ("flowjax MAF log_prob", lambda: flow.log_prob(x), lambda: log_prob(flow, x)),
+        ("flowjax MAF sample", lambda: flow.sample(key, (N,)), lambda: sample(flow, key)),
+    ]
+
+
+def measure(cases, rounds):
+    rows = []
+    for name, eager, jitted in cases:
+        t0 = time.perf_counter()
+        jax.block_until_ready(eager())
+        first = time.perf_counter() - t0
+        jax.block_until_ready(jitted())  # compile the reference outside the timed rounds
+        with CompileCounter() as counter:
+            jax.block_until_ready(eager())
+        eager_t, jit_t, ratios = [], [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            jax.block_until_ready(eager())
+            t1 = time.perf_counter()
+            jax.block_until_ready(jitted())
+            t2 = time.perf_counter()
+            eager_t.append(t1 - t0)
+            jit_t.append(t2 - t1)
+            ratios.append((t1 - t0) / (t2 - t1))
+        q1, ratio, q3 = quartiles(ratios)
+        row = dict(
+            name=name,
+            first_call_ms=1e3 * first,
+            second_call_traces=counter.traces,
+            second_call_compiles=counter.compiles,
+            eager_median_ms=1e3 * statistics.median(eager_t),
+            jit_median_ms=1e3 * statistics.median(jit_t),
+            ratio=ratio,
+            ratio_quartiles=(q1, q3),
+        )
+        rows.append(row)
+        warn = []
+        if counter.traces or counter.compiles:
+            warn.append("RECOMPILES on the second call")
+        if q3 - q1 > 0.3 * ratio:
+            warn.append("noisy: quartiles wider than 30% of the ratio")
+        print(
+            f"{name:<34} {1e3 * first:9.0f} {counter.traces:4d}/{counter.compiles:<3d} "
+            f"{row['eager_median_ms']:10.2f} {row['jit_median_ms']:10.2f} "
+            f"{ratio:7.2f} [{q1:.2f}, {q3:.2f}]" + (f"  WARNING: {'; '.join(warn)}" if warn else "")
+        )
+    return rows
+
+
+def import_times(rounds):
+    if rounds < 1:
+        return {}
+    modules = ["jax", "distrax", "jaxmaf", "flowjax"]
+    code = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+    times = {m: [] for m in modules}
+    for _ in range(rounds):
+        for m in modules:
+            out = subprocess.run(
+                [sys.executable, "-c", code.format(m)], capture_output=True, text=True
+            )
+            if out.returncode == 0:
+                times[m].append(float(out.stdout.strip().splitlines()[-1]))
+    result = {}
+    for m, ts in times.items():
+        if not ts:
+            print(f"import {m:<8} unavailable")
+            continue
+        result[m] = dict(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts))
+        spread = max(ts) - min(ts)
+        note = (
+            "  WARNING: spread over 30% of the median"
+            if spread > 0.3 * result[m]["median_s"]
+            else ""
+        )
+        print(
+            f"import {m:<8} median {statistics.median(ts):6.2f} s "
+            f"(min {min(ts):.2f}, max {max(ts):.2f}; {len(ts)} fresh processes){note}"
+        )
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/out/interactive")
+    p.add_argument("--rounds", type=int, default=30, help="interleaved eager/jit rounds per call")
+    p.add_argument(
+        "--import-rounds", type=int, default=5, help="fresh processes per import (0: skip)"
+    )
+    p.add_argument("--quick", action="store_true", help="3 rounds, 1 import round (CI smoke)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.import_rounds = 3, min(args.import_rounds, 1)
+    os.makedirs(args.out, exist_ok=True)
+    print(
+        f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); jax {jax.__version__}"
+    )
+    print(
+        f"\n{'call (1000 points, 2-d, 4 layers, MADE 64x64)':<34} {'1st (ms)':>9} "
+        f"{'2nd: traces/compiles':>9} {'eager (ms)':>10} {'jit (ms)':>10} "
+        f"{'eager/jit [quartiles]':>22}"
+    )
+    rows = measure(jaxmaf_cases() + flowjax_cases(), args.rounds)
+    print()
+    imports = import_times(args.import_rounds)
+    result = dict(
+        backend=jax.default_backend(),
+        device=jax.devices()[0].device_kind,
+        rounds=args.rounds,
+        calls=rows,
+        imports=imports,
+        versions=dict(
+            jax=jax.__version__, jaxmaf=jaxmaf.__version__, python=platform.python_version()
+        ),
+    )
+    path = os.path.join(args.out, "interactive.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
