@@ -7,6 +7,7 @@ the tests, the benchmarks and users' own code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -30,7 +31,7 @@ def dense_jacobian(fn: Callable[[Array], Array], x: Array) -> Array:
     Raises:
       ValueError: ``x`` has no event axis.
 
-    Example:
+    Examples:
       >>> dense_jacobian(lambda v: 2 * v, jnp.ones(3))[0].tolist()
       [2.0, 0.0, 0.0]
     """
@@ -43,45 +44,78 @@ def dense_jacobian(fn: Callable[[Array], Array], x: Array) -> Array:
     return jac(x)
 
 
+def _event_output_shape(fn: Callable[[Array], Array], x: Array) -> tuple[int, ...]:
+    """The shape of ``fn`` on one event of ``x``, computed abstractly (no FLOPs)."""
+    x = jnp.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"Expected x of shape (..., D), got shape {x.shape}.")
+    return tuple(jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape[-1:], x.dtype)).shape)
+
+
 def dense_log_det(fn: Callable[[Array], Array], x: Array) -> Array:
     """``log|det J_fn(x)|`` from the dense Jacobian (``jacfwd`` + ``slogdet``).
 
     Args:
-      fn: a map ``(D,) -> (D,)`` applied to single events.
+      fn: a bijection ``(D,) -> (D,)`` applied to single events.
       x: points of shape ``(..., D)``.
 
     Returns:
       log-absolute-determinants of shape ``(...)``.
 
     Raises:
-      ValueError: ``x`` has no event axis.
+      ValueError: ``x`` has no event axis, or ``fn`` does not map ``(D,)`` to
+        ``(D,)`` (a MADE, whose output is ``(D, P)``, is a conditioner, not a
+        bijection: pass a bijector's ``forward`` or ``inverse``).
 
-    Example:
+    Examples:
       >>> float(dense_log_det(lambda v: 2 * v, jnp.ones(3)))  # 3 log 2
       2.079...
     """
+    out = _event_output_shape(fn, x)
+    dim = jnp.shape(x)[-1]
+    if out != (dim,):
+        raise ValueError(
+            f"Expected fn to map events of shape ({dim},) to shape ({dim},) (a bijection), "
+            f"got output shape {out}. A MADE's (D, P) output is a conditioner's: pass a "
+            "bijector's forward or inverse."
+        )
     return jnp.linalg.slogdet(dense_jacobian(fn, x))[1]
 
 
 def jacobian_nonzero(fn: Callable[[Array], Array], x: Array, atol: float = 0.0) -> np.ndarray:
-    """Which Jacobian entries are nonzero anywhere over a batch of points.
+    """Which outputs depend on which inputs anywhere over a batch of points.
 
     Args:
-      fn: a map ``(D,) -> (D,)``.
+      fn: a map from ``(D,)`` to ``(D,)`` or to ``(D, P, ...)``: output ``i``
+        is the slice ``[i]`` (a MADE's ``P`` parameters of dimension ``i``).
       x: points of shape ``(..., D)``.
-      atol: entries with ``|J_ij| <= atol`` at every point count as zero.
+      atol: entries with ``|J| <= atol`` at every point count as zero.
 
     Returns:
-      boolean numpy array ``(D, D)``; ``[i, j]`` is True when
-      ``d fn_i / d x_j`` exceeds ``atol`` at some point.
+      boolean numpy array ``(D, D)``; ``[i, j]`` is True when some entry of
+      ``d fn(x)[i] / d x_j`` exceeds ``atol`` at some point.
 
-    Example:
+    Raises:
+      ValueError: ``x`` has no event axis, or the output's first axis is not
+        ``D``.
+
+    Examples:
       >>> jacobian_nonzero(jnp.cumsum, jnp.ones(3)).astype(int).tolist()
       [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+      >>> made = jaxmaf.MADE(3, (8,), 2, rngs=nnx.Rngs(0))
+      >>> jacobian_nonzero(made, jnp.ones(3)).shape  # made: (3,) -> (3, 2)
+      (3, 3)
     """
-    jac = np.asarray(dense_jacobian(fn, x))
-    jac = jac.reshape((-1,) + jac.shape[-2:])
-    return np.abs(jac).max(axis=0) > atol
+    out = _event_output_shape(fn, x)
+    dim = jnp.shape(x)[-1]
+    if not out or out[0] != dim:
+        raise ValueError(
+            f"Expected fn to map events of shape ({dim},) to shape ({dim},) or ({dim}, ...), "
+            f"got output shape {out}."
+        )
+    jac = np.abs(np.asarray(dense_jacobian(fn, x)))  # (..., D, *out[1:], D)
+    jac = jac.reshape((-1, dim, math.prod(out[1:]), dim))
+    return jac.max(axis=(0, 2)) > atol
 
 
 def is_autoregressive(
@@ -95,13 +129,18 @@ def is_autoregressive(
 
     The Jacobian, with rows and columns reordered by ``order``, must be lower
     triangular (with ``strict=True``, strictly lower: for a conditioner such
-    as a MADE, whose output ``i`` must not see input ``i``).
+    as a MADE, whose output ``i`` must not see input ``i``). Outputs of shape
+    ``(D, P, ...)`` (a MADE's) are tested per dimension ``i`` over all its
+    parameters.
+
+    A Jacobian that is zero at every point certifies nothing (a MADE whose
+    output layer starts at zero, say): that raises instead of answering True.
 
     Args:
-      fn: a map ``(D,) -> (D,)``.
+      fn: a map from ``(D,)`` to ``(D,)`` or ``(D, P, ...)``.
       x: points of shape ``(..., D)`` at which to test.
       order: the inputs in generation order (a permutation of ``0..D-1``;
-        default natural order).
+        default natural order). A MADE's is ``made.order``.
       atol: tolerance below which an entry counts as zero.
       strict: require a zero diagonal too.
 
@@ -109,14 +148,35 @@ def is_autoregressive(
       True when every entry above (or on, with ``strict``) the diagonal is
       zero at every point of ``x``.
 
-    Example:
+    Raises:
+      ValueError: ``order`` not a permutation of ``0..D-1``; an output whose
+        first axis is not ``D``; a Jacobian that is zero (``<= atol``) at
+        every point of ``x``.
+
+    Examples:
       >>> is_autoregressive(jnp.cumsum, jnp.ones(3))
       True
       >>> is_autoregressive(lambda v: jnp.cumsum(v[::-1])[::-1], jnp.ones(3))
       False
+      >>> made = jaxmaf.MADE(3, (8,), 2, rngs=nnx.Rngs(0))
+      >>> _ = nnx.update(made, jax.tree.map(lambda p: p + 0.1, nnx.state(made, nnx.Param)))
+      >>> is_autoregressive(made, jnp.ones((4, 3)), order=made.order, strict=True)
+      True
     """
-    nz = jacobian_nonzero(fn, x, atol)
+    dim = jnp.shape(x)[-1] if jnp.ndim(x) else None
     if order is not None:
         order = np.asarray(order)
+        if order.shape != (dim,) or sorted(order.tolist()) != list(range(dim or 0)):
+            raise ValueError(
+                f"Expected order to be a permutation of 0..{(dim or 0) - 1}, got {order.tolist()}."
+            )
+    nz = jacobian_nonzero(fn, x, atol)
+    if not nz.any():
+        raise ValueError(
+            "The Jacobian of fn is zero at every point of x, so it shows no dependence to test "
+            "(a MADE's output layer starts at zero, for one): perturb the parameters or use "
+            "other points."
+        )
+    if order is not None:
         nz = nz[np.ix_(order, order)]
     return not np.any(np.triu(nz, k=0 if strict else 1))

@@ -11,7 +11,13 @@ import numpy as np
 from flax import nnx
 
 from jaxmaf import masks as masks_lib
-from jaxmaf.validation import check_float, check_int, check_param_dtype, check_rngs
+from jaxmaf.validation import (
+    check_float,
+    check_int,
+    check_param_dtype,
+    check_rngs,
+    constructor_signature,
+)
 
 Array = jax.Array
 
@@ -46,7 +52,7 @@ def get_activation(activation: str | Callable[[Array], Array]) -> Callable[[Arra
     Raises:
       ValueError: an unknown name, or neither a string nor a callable.
 
-    Example:
+    Examples:
       >>> get_activation("tanh") is jnp.tanh
       True
     """
@@ -75,7 +81,7 @@ def check_hidden_dims(hidden_dims: Any) -> tuple[int, ...]:
     Raises:
       ValueError: a single int, not a sequence, or an entry that is not an integer >= 1.
 
-    Example:
+    Examples:
       >>> check_hidden_dims([64, np.int64(64)])
       (64, 64)
     """
@@ -101,7 +107,7 @@ def host_seed(rngs: nnx.Rngs) -> int:
     Returns:
       an int in ``[0, 2**31 - 1)``.
 
-    Example:
+    Examples:
       >>> 0 <= host_seed(nnx.Rngs(0)) < 2**31 - 1
       True
     """
@@ -160,7 +166,7 @@ def uniform_fan_in(fan_in: int) -> Callable[[Array, tuple[int, ...], jnp.dtype],
     Returns:
       an initializer ``(key, shape, dtype) -> Array``.
 
-    Example:
+    Examples:
       >>> b = uniform_fan_in(4)(jax.random.key(0), (1000,), jnp.float32)
       >>> bool(jnp.all(jnp.abs(b) <= 0.5)), b.dtype
       (True, dtype('float32'))
@@ -173,6 +179,7 @@ def uniform_fan_in(fan_in: int) -> Callable[[Array, tuple[int, ...], jnp.dtype],
     return init
 
 
+@constructor_signature
 class MaskedLinear(nnx.Module):
     """A dense layer whose kernel is multiplied by a fixed binary mask.
 
@@ -188,7 +195,7 @@ class MaskedLinear(nnx.Module):
         ``jax_enable_x64``, else float32).
       rngs: NNX random streams (``params`` is used).
 
-    Example:
+    Examples:
       >>> layer = MaskedLinear(np.tril(np.ones((3, 3), bool)), rngs=nnx.Rngs(0))
       >>> layer(jnp.ones(3)).shape
       (3,)
@@ -252,6 +259,7 @@ class MaskedLinear(nnx.Module):
         return y
 
 
+@constructor_signature
 class MADE(nnx.Module):
     """Masked autoencoder for distribution estimation (Germain et al. 2015).
 
@@ -293,7 +301,7 @@ class MADE(nnx.Module):
         ``context_dim < 0``, unknown activation, order or hidden-degree rule,
         unequal widths with ``residual=True``.
 
-    Example:
+    Examples:
       >>> made = MADE(3, (16, 16), 2, rngs=nnx.Rngs(0))
       >>> made(jnp.ones((5, 3))).shape
       (5, 3, 2)
@@ -377,6 +385,16 @@ class MADE(nnx.Module):
             else None
         )
 
+    @property
+    def order(self) -> np.ndarray:
+        """The inputs in generation order ``(dim,)``: ``order[k]`` is the k-th input generated.
+
+        Examples:
+          >>> MADE(3, (8,), 2, order="reversed", rngs=nnx.Rngs(0)).order.tolist()
+          [2, 1, 0]
+        """
+        return np.argsort(self.degrees.array, kind="stable")
+
     def __call__(self, x: Array, context: Array | None = None) -> Array:
         """Computes every conditional's parameters in one pass.
 
@@ -419,7 +437,7 @@ class MADE(nnx.Module):
           ValueError: as :meth:`__call__`; a concrete ``index`` outside
             ``[0, dim)`` (a traced one is clamped by ``lax.dynamic_slice``).
 
-        Example:
+        Examples:
           >>> made = MADE(3, (16,), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
           >>> x = jnp.ones((5, 3))
           >>> bool(jnp.allclose(made.params_at(x, 2), made(x)[:, 2]))
