@@ -61,7 +61,7 @@ def with_parameter_average(
     Returns:
       the wrapped transformation (its state is an :class:`AveragedState`).
 
-    Example:
+    Examples:
       >>> opt = with_parameter_average(optax.sgd(0.1), 0.5)
       >>> params = {"w": jnp.zeros(2)}
       >>> state = opt.init(params)
@@ -149,7 +149,7 @@ def check_data(data: Any, dim: int, name: str = "data") -> np.ndarray:
       ValueError: complex or non-numeric values; not 2-D, wrong
         width, empty, or with NaN/inf (the first offending rows are named).
 
-    Example:
+    Examples:
       >>> check_data(np.zeros((3, 2)), 2).shape
       (3, 2)
     """
@@ -406,7 +406,8 @@ def fit(
         iris, cost 1.5 +- 1.1 on wine (125 rows), and was within one
         standard error on the other 6 data sets (see the README).
       seed: seed of the shuffling.
-      progress: show a progress bar (only on a terminal, never under CI).
+      progress: show a progress bar (on a terminal or in a Jupyter notebook; never
+        when the ``CI`` environment variable is set or output is captured).
       devices: data parallelism: each minibatch is split across these devices
         (a ``NamedSharding`` over a 1-D ``Mesh``; parameters replicated,
         gradients all-reduced by XLA). ``batch_size`` must be divisible by
@@ -439,7 +440,7 @@ def fit(
         batch size, seed) or optimizer: the message names what differs.
         A refused call leaves the flow untouched.
 
-    Example:
+    Examples:
       >>> x = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32)
       >>> flow = jaxmaf.MAF(2, 4, (64, 64), rngs=nnx.Rngs(0))
       >>> history = jaxmaf.fit(flow, x[:384], validation_data=x[384:], num_epochs=3,
@@ -632,7 +633,7 @@ def fit_ensemble(
         of the wrong length; an ``optimizer`` that is not a factory;
         members whose structures differ.
 
-    Example:
+    Examples:
       >>> x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
       >>> make = lambda rngs: jaxmaf.MAF(2, 4, (16, 16), rngs=rngs)
       >>> flows, hists = jaxmaf.fit_ensemble(make, x, seeds=range(2), num_epochs=2,
@@ -1047,8 +1048,21 @@ def _check_context(context: Any, context_dim: int, n: int, name: str) -> np.ndar
     return context
 
 
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (Jupyter, VS Code, Colab): tqdm draws a widget."""
+    if "google.colab" in sys.modules:
+        return True
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # noqa: BLE001 - a broken IPython install is not ours to report
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def _progress_bar(total: int, initial: int = 0):
-    if os.environ.get("CI") or not sys.stderr.isatty():
+    """A tqdm bar on a terminal or in a notebook; None under CI or when output is captured."""
+    if os.environ.get("CI") or not (sys.stderr.isatty() or _in_notebook()):
         return None
     try:
         from tqdm.auto import tqdm

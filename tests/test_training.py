@@ -417,7 +417,7 @@ def test_data_parallel_on_four_cpu_devices_matches_single_device():
 
 
 def test_circles_target_nll():
-    """The seed's data, 1200/200/200, MAF 4x(64, 64), Adam 1e-3, batch 128, 150 epochs."""
+    """Circles data, 1200/200/200, MAF 4x(64, 64), Adam 1e-3, batch 128, 150 epochs."""
     from jaxmaf import datasets
 
     data = datasets.circles()
@@ -514,3 +514,52 @@ def test_averaged_parameters_are_judged_and_returned(ema_epochs):
     assert any(h.averaged) == (ema_epochs is not None)
     assert h.best_epoch == int(np.argmin(h.val_loss)) and h.best_loss == h.val_loss[h.best_epoch]
     np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), h.best_loss, rtol=1e-5)
+
+
+def test_progress_bar_in_notebooks_and_terminals_not_under_ci(monkeypatch):
+    import sys
+    import types
+
+    from jaxmaf import training
+
+    class ZMQInteractiveShell:  # the class name Jupyter kernels (and VS Code's) use
+        pass
+
+    class TerminalInteractiveShell:
+        pass
+
+    class Captured:
+        def isatty(self):
+            return False
+
+        def write(self, s):
+            return len(s)
+
+        def flush(self):
+            pass
+
+    class Terminal(Captured):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(sys, "stderr", Captured())
+    fake = types.SimpleNamespace(get_ipython=lambda: None)
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert training._progress_bar(3) is None  # captured output, no notebook
+    fake.get_ipython = lambda: TerminalInteractiveShell()
+    assert training._progress_bar(3) is None  # plain IPython whose output is captured
+    fake.get_ipython = lambda: ZMQInteractiveShell()
+    bar = training._progress_bar(3)
+    assert bar is not None and bar.total == 3
+    bar.close()
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.delitem(sys.modules, "IPython")
+    bar = training._progress_bar(5, initial=2)
+    assert bar is not None and (bar.total, bar.n) == (5, 2)
+    bar.close()
+    monkeypatch.setenv("CI", "1")
+    assert training._progress_bar(5) is None
+    monkeypatch.setattr(sys, "stderr", Captured())
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert training._progress_bar(5) is None  # CI wins over a notebook
