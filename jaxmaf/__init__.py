@@ -1,6 +1,6 @@
 """jaxmaf: masked autoregressive flows (MADE, MAF, IAF) in JAX with Flax NNX and distrax.
 
-Example:
+Examples:
   >>> import jax, jaxmaf
   >>> from flax import nnx
   >>> flow = jaxmaf.MAF(dim=2, num_layers=4, hidden_dims=(128, 128), rngs=nnx.Rngs(0))

@@ -13,7 +13,12 @@ from flax import nnx
 from jaxmaf.made import check_event
 from jaxmaf.masks import check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
-from jaxmaf.validation import check_float, check_int, check_param_dtype
+from jaxmaf.validation import (
+    check_float,
+    check_int,
+    check_param_dtype,
+    constructor_signature,
+)
 
 Array = jax.Array
 SEQUENTIAL_METHODS = ("exact", "jacobi")
@@ -64,7 +69,7 @@ class MaskedAutoregressive(distrax.Bijector):
         an input with fewer than one dimension, or a conditioner output that
         is not ``(..., D, P)``.
 
-    Example:
+    Examples:
       >>> from flax import nnx
       >>> made = jaxmaf.MADE(3, (16,), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
       >>> bij = MaskedAutoregressive(made)
@@ -241,7 +246,7 @@ class Permute(distrax.Bijector):
       ValueError: not a permutation; (when called) an input whose last
         dimension is not D.
 
-    Example:
+    Examples:
       >>> Permute([1, 0]).forward(jnp.array([1.0, 2.0])).tolist()
       [2.0, 1.0]
     """
@@ -289,6 +294,7 @@ class Permute(distrax.Bijector):
         return isinstance(other, Permute) and other._perm == self._perm
 
 
+@constructor_signature
 class BatchNorm(nnx.Module):
     """Batch normalisation as a bijection (the MAF paper's, Papamakarios et al. 2017).
 
@@ -308,7 +314,7 @@ class BatchNorm(nnx.Module):
       eps: variance floor.
       param_dtype: parameter dtype (default float32, float64 under x64).
 
-    Example:
+    Examples:
       >>> x = jax.random.normal(jax.random.key(0), (256, 3))
       >>> bn = BatchNorm(3)
       >>> u, log_det = bn.bijector().inverse_and_log_det(x)   # train mode: batch statistics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ def split(
     Raises:
       ValueError: the sizes add up to more than N.
 
-    Example:
+    Examples:
       >>> s = split(np.zeros((10, 2)), (6, 2, 2))
       >>> s.train.shape, s.test.shape
       ((6, 2), (2, 2))
@@ -55,9 +56,9 @@ def circles(
     n_samples: int = 1600,
     sizes: tuple[int, int, int] = (1200, 200, 200),
     seed: int = 0,
-    dtype=np.float32,
+    dtype: DTypeLike = np.float32,
 ) -> Split:
-    """The seed experiment's data: ``make_circles(noise=0.05, factor=0.99, random_state=1)``.
+    """The two-circles data: ``make_circles(noise=0.05, factor=0.99, random_state=1)``.
 
     Standardized (zero mean, unit variance per axis) and split.
 
@@ -70,7 +71,7 @@ def circles(
     Returns:
       a :class:`Split` of ``(n, 2)`` arrays.
 
-    Example:
+    Examples:
       >>> circles().train.shape
       (1200, 2)
     """
@@ -86,7 +87,7 @@ def moons(
     sizes: tuple[int, int, int] = (1400, 300, 300),
     noise: float = 0.08,
     seed: int = 0,
-    dtype=np.float32,
+    dtype: DTypeLike = np.float32,
 ) -> Split:
     """Two moons with the class label as a one-dimensional context (0 or 1).
 
@@ -111,7 +112,7 @@ def digits(
     sizes: tuple[int, int, int] = (1297, 250, 250),
     alpha: float = 1e-3,
     seed: int = 0,
-    dtype=np.float32,
+    dtype: DTypeLike = np.float32,
 ) -> Split:
     """scikit-learn's 8x8 digits (64 dimensions), dequantized and logit-transformed.
 
@@ -230,7 +231,7 @@ def toy_2d(
     n_samples: int = 3000,
     sizes: tuple[int, int, int] = (2000, 500, 500),
     seed: int = 0,
-    dtype=np.float32,
+    dtype: DTypeLike = np.float32,
 ) -> Split:
     """A two-dimensional toy density (generated here, no download), standardized and split.
 
@@ -252,7 +253,7 @@ def toy_2d(
     Raises:
       ValueError: an unknown name.
 
-    Example:
+    Examples:
       >>> toy_2d("pinwheel").train.shape
       (2000, 2)
     """
@@ -278,7 +279,7 @@ def dequantize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Returns:
       the dequantized copy ``(N, D)`` (float64).
 
-    Example:
+    Examples:
       >>> x = dequantize(np.array([[0.0], [1.0], [1.0]]), np.random.default_rng(0))
       >>> bool(np.all(np.abs(x - [[0.0], [1.0], [1.0]]) <= 0.5))
       True
@@ -296,7 +297,10 @@ TABULAR = ("diabetes", "breast_cancer", "wine", "iris")
 
 
 def tabular(
-    name: str, fractions: tuple[float, float] = (0.7, 0.15), seed: int = 0, dtype=np.float32
+    name: str,
+    fractions: tuple[float, float] = (0.7, 0.15),
+    seed: int = 0,
+    dtype: DTypeLike = np.float32,
 ) -> Split:
     """A tabular data set bundled with scikit-learn (no download): dequantized, standardized.
 
@@ -317,7 +321,7 @@ def tabular(
     Raises:
       ValueError: an unknown name.
 
-    Example:
+    Examples:
       >>> tabular("diabetes").train.shape
       (309, 10)
     """

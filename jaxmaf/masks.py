@@ -46,7 +46,7 @@ def input_degrees(dim: int, order: OrderLike = "natural", seed: int | None = 0) 
       ValueError: ``dim < 1``, an unknown order name, or an explicit order that
         is not a permutation of ``0..dim-1``.
 
-    Example:
+    Examples:
       >>> input_degrees(3, "reversed")
       array([3, 2, 1])
       >>> input_degrees(3, [2, 0, 1])
@@ -73,7 +73,9 @@ def input_degrees(dim: int, order: OrderLike = "natural", seed: int | None = 0) 
     return degrees
 
 
-def check_permutation(perm: Sequence[int] | np.ndarray, dim: int, what: str = "permutation"):
+def check_permutation(
+    perm: Sequence[int] | np.ndarray, dim: int, what: str = "permutation"
+) -> np.ndarray:
     """Validates that ``perm`` is a permutation of ``0..dim-1`` and returns it as int array.
 
     Args:
@@ -87,7 +89,7 @@ def check_permutation(perm: Sequence[int] | np.ndarray, dim: int, what: str = "p
     Raises:
       ValueError: wrong length, non-integer entries, or repeated/missing indices.
 
-    Example:
+    Examples:
       >>> check_permutation([1, 0], 2)
       array([1, 0])
     """
@@ -135,7 +137,7 @@ def hidden_degrees(
     Raises:
       ValueError: unknown rule or ``width < 1``.
 
-    Example:
+    Examples:
       >>> hidden_degrees(np.array([1, 2, 3]), 5, 3)
       array([1, 2, 1, 2, 1])
     """
@@ -183,7 +185,7 @@ def made_masks(
     Raises:
       ValueError: as :func:`hidden_degrees`.
 
-    Example:
+    Examples:
       >>> masks, _ = made_masks(input_degrees(2), [4], params_per_dim=2)
       >>> [m.shape for m in masks]
       [(2, 4), (4, 4)]
@@ -218,7 +220,7 @@ def connectivity(masks: Sequence[np.ndarray], params_per_dim: int = 1) -> np.nda
       boolean array ``(D_out, D_in)``: entry ``(i, j)`` is True when output
       dimension ``i`` (any of its P parameters) has a path from input ``j``.
 
-    Example:
+    Examples:
       >>> masks, _ = made_masks(input_degrees(3), [8])
       >>> connectivity(masks).astype(int)
       array([[0, 0, 0],

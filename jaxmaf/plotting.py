@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxmaf.training import History
 
@@ -42,10 +43,12 @@ def plot_density(
 ) -> None:
     """Filled contours of a 2-D density on ``ax``, optionally with data points on top."""
     xx, yy, dens = density_on_grid(log_prob, lim)
-    ax.contourf(xx, yy, dens, levels=30, cmap="viridis")
+    filled = ax.contourf(xx, yy, dens, levels=30, cmap="viridis")
+    ax.figure.colorbar(filled, ax=ax, label="density", fraction=0.046, pad=0.04)
     if data is not None:
         ax.scatter(data[:, 0], data[:, 1], s=1, c="white", alpha=0.3)
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    ax.set(xlabel="$x_1$", ylabel="$x_2$")
 
 
 def plot_samples(
@@ -55,13 +58,15 @@ def plot_samples(
     samples = np.asarray(samples)
     ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c=color)
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    ax.set(xlabel="$x_1$", ylabel="$x_2$")
 
 
 def plot_losses(ax, history: History, title: str) -> None:
-    """Training and validation NLL per epoch, the best epoch marked."""
+    """Training and validation NLL per epoch (whole epochs on the axis), the best epoch marked."""
     ax.plot(history.train_loss, label="train")
     if history.val_loss:
         ax.plot(history.val_loss, label="validation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if history.best_epoch >= 0:
         ax.axvline(history.best_epoch, color="grey", ls="--", lw=0.8, label="best epoch")
     ax.set(title=title, xlabel="epoch", ylabel="NLL (nats)")
@@ -79,11 +84,17 @@ def pushforward_stages(bijector: distrax.Bijector, u: jax.Array) -> list[tuple[s
       ``[(name, points)]`` starting with the base samples.
     """
     parts = bijector.bijectors[::-1] if isinstance(bijector, distrax.Chain) else [bijector]
-    stages = [("base", np.asarray(u))]
+    stages = [("base samples", np.asarray(u))]
     x = u
-    for i, b in enumerate(parts):
+    layer = 0
+    for b in parts:
         x = b.forward(x)
-        stages.append((f"{i + 1}: {b.name}", np.asarray(x)))
+        if b.name == "Permute":
+            name = "then permuted"
+        else:
+            layer += 1
+            name = f"after layer {layer} ({b.name})"
+        stages.append((name, np.asarray(x)))
     return stages
 
 

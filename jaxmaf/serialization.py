@@ -61,7 +61,7 @@ def encode(kind: str, payload: dict[str, Any]) -> bytes:
     Returns:
       ``MAGIC + sha256(body) + body``.
 
-    Example:
+    Examples:
       >>> data = encode("flow", {"x": np.arange(3)})
       >>> decode(data, "flow")["x"].tolist()
       [0, 1, 2]
@@ -97,7 +97,7 @@ def decode(data: bytes, kind: str, source: str = "<bytes>") -> dict[str, Any]:
         digest mismatch (a truncated or corrupted file); an unknown format
         version; a file of another kind.
 
-    Example:
+    Examples:
       >>> decode(b"GIF89a", "flow")
       Traceback (most recent call last):
       ...
@@ -158,7 +158,7 @@ def read(path: str | os.PathLike, kind: str) -> dict[str, Any]:
       FileNotFoundError: no such file.
       ValueError: as :func:`decode`.
 
-    Example:
+    Examples:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "state")
       >>> atomic_write(path, encode("train_state", {"step": 3}))
@@ -181,7 +181,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
       path: destination (its directory is created if missing).
       data: the bytes.
 
-    Example:
+    Examples:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "out", "x.bin")
       >>> atomic_write(path, b"abc")
@@ -242,7 +242,7 @@ def named_leaves(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
     Returns:
       the leaves with their paths joined by ``/``, and the tree definition.
 
-    Example:
+    Examples:
       >>> named_leaves({"a": [1, 2]})[0]
       [('a/0', 1), ('a/1', 2)]
     """
@@ -263,7 +263,7 @@ def to_named_arrays(tree: Any) -> dict[str, np.ndarray]:
     Returns:
       the map from leaf names to host arrays.
 
-    Example:
+    Examples:
       >>> to_named_arrays({"w": jnp.ones(2)})
       {'w': array([1., 1.], dtype=float32)}
     """
@@ -288,7 +288,7 @@ def from_named_arrays(
       ValueError: a missing or unexpected name, a shape or dtype mismatch, or
         a value that is not an array; the message names the leaf.
 
-    Example:
+    Examples:
       >>> from_named_arrays({"w": jnp.zeros(2)}, {"w": np.ones(2, np.float32)})
       {'w': Array([1., 1.], dtype=float32)}
     """
@@ -329,7 +329,7 @@ def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
     Returns:
       the named arrays (host copies).
 
-    Example:
+    Examples:
       >>> flow = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0))
       >>> sorted(flat_params(flow))[:2]
       ['layers/0/hidden/0/bias', 'layers/0/hidden/0/kernel']
@@ -348,7 +348,7 @@ def set_flat_params(module: nnx.Module, flat: dict[str, Any], source: str = "<by
     Raises:
       ValueError: names, shapes or dtypes that do not match the module's.
 
-    Example:
+    Examples:
       >>> a = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0))
       >>> b = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(1))
       >>> set_flat_params(b, flat_params(a))
@@ -367,7 +367,7 @@ def masks(flow: MAF | IAF) -> dict[str, Any]:
     Returns:
       ``{"0": {"degrees", "hidden": {"0": mask, ...}, "output"}, ...}``.
 
-    Example:
+    Examples:
       >>> m = masks(jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0)))
       >>> m["0"]["output"].shape
       (4, 4)
@@ -391,7 +391,7 @@ def config_of(flow: nnx.Module) -> dict[str, Any] | None:
     Returns:
       ``{"class": "MAF", **config}`` for a MAF or IAF, else None.
 
-    Example:
+    Examples:
       >>> config_of(jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0)))["hidden_dims"]
       [4]
     """
@@ -415,7 +415,7 @@ def flow_from_config(config: Any, source: str = "<bytes>") -> MAF | IAF:
       ValueError: unknown class or transformer name, missing or unknown
         fields, values the constructors refuse (the message names the field).
 
-    Example:
+    Examples:
       >>> flow = flow_from_config(config_of(jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0))))
       >>> type(flow).__name__
       'MAF'
@@ -507,7 +507,7 @@ def save(path: str | os.PathLike, flow: MAF | IAF) -> None:
       ValueError: a flow that is not a MAF/IAF, or whose activation was given
         as a callable (it cannot be recorded by name).
 
-    Example:
+    Examples:
       >>> import os, tempfile
       >>> flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
       >>> path = os.path.join(tempfile.mkdtemp(), "flow.jaxmaf")
@@ -529,7 +529,7 @@ def check_savable(flow: nnx.Module) -> str | None:
     Returns:
       the reason, or None.
 
-    Example:
+    Examples:
       >>> flow = jaxmaf.MAF(2, 1, (4,), activation=jnp.tanh, rngs=nnx.Rngs(0))
       >>> check_savable(flow).startswith("This flow's activation was given as a callable")
       True
@@ -562,7 +562,7 @@ def flow_payload(flow: MAF | IAF) -> dict[str, Any]:
     Raises:
       ValueError: as :func:`save`.
 
-    Example:
+    Examples:
       >>> sorted(flow_payload(jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0))))
       ['config', 'eval_mode', 'masks', 'params']
     """
@@ -591,7 +591,7 @@ def flow_from_payload(payload: Any, source: str = "<bytes>") -> MAF | IAF:
       ValueError: any field missing, unknown, of the wrong type or value; masks
         that differ from those the configuration defines.
 
-    Example:
+    Examples:
       >>> flow = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(3))
       >>> same = flow_from_payload(flow_payload(flow))
       >>> bool(jnp.array_equal(same.log_prob(jnp.ones(2)), flow.log_prob(jnp.ones(2))))
@@ -636,7 +636,7 @@ def load(path: str | os.PathLike) -> MAF | IAF:
         type or value (named); masks that differ from the configuration's.
       FileNotFoundError: no such file.
 
-    Example:
+    Examples:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "flow.jaxmaf")
       >>> jaxmaf.save(path, jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0)))

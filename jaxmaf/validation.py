@@ -29,7 +29,7 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     Raises:
       ValueError: not an integer, a bool, or below ``minimum``.
 
-    Example:
+    Examples:
       >>> check_int("num_bins", np.int64(8), minimum=1)
       8
     """
@@ -65,7 +65,7 @@ def check_float(
     Raises:
       ValueError: not a real number, a bool, NaN or infinite, or out of range.
 
-    Example:
+    Examples:
       >>> check_float("tail_bound", np.float32(3.0), low=0.0)
       3.0
     """
@@ -105,7 +105,7 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     Raises:
       ValueError: anything not in ``choices``.
 
-    Example:
+    Examples:
       >>> check_choice("base", "mog", ("gaussian", "mog"))
       'mog'
     """
@@ -126,7 +126,7 @@ def check_rngs(rngs: Any) -> Any:
     Raises:
       ValueError: anything else (an int seed, a JAX key, None).
 
-    Example:
+    Examples:
       >>> check_rngs(nnx.Rngs(0)) is not None
       True
     """
@@ -155,7 +155,7 @@ def check_param_dtype(param_dtype: Any) -> np.dtype:
       ValueError: not a dtype, not floating point, or a 64-bit dtype while
         ``jax_enable_x64`` is off (JAX would silently store float32).
 
-    Example:
+    Examples:
       >>> check_param_dtype("float32")
       dtype('float32')
     """
@@ -189,7 +189,7 @@ def check_key(key: Any) -> Any:
     Raises:
       ValueError: anything else (an int seed, a numpy array, None).
 
-    Example:
+    Examples:
       >>> check_key(jax.random.key(0)).shape
       ()
     """
@@ -205,3 +205,27 @@ def check_key(key: Any) -> Any:
         f"Expected key to be a JAX random key (e.g. jax.random.key(0)), got {type(key).__name__}: "
         f"{key!r}."
     )
+
+
+def constructor_signature(cls: type) -> type:
+    """Class decorator: ``help()`` and ``inspect.signature`` show the constructor's arguments.
+
+    NNX's module metaclass defines ``__call__(*args, **kwargs)``, which ``inspect`` otherwise
+    reports as the class's signature.
+
+    Args:
+      cls: a class with an ``__init__``.
+
+    Returns:
+      ``cls``, with ``__signature__`` set to that of ``__init__`` without ``self``.
+
+    Examples:
+      >>> import inspect
+      >>> list(inspect.signature(jaxmaf.MAF).parameters)[:3]
+      ['dim', 'num_layers', 'hidden_dims']
+    """
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return cls
