@@ -22,7 +22,7 @@ best validation loss.
 (the ablation behind the defaults); ``--no-flowjax`` skips flowjax.
 
 Data sets (``--datasets suite``, the default): the circles of the examples
-(the seed experiment's split), pinwheel, two spirals, four rings, the swiss
+(the circles example's split), pinwheel, two spirals, four rings, the swiss
 roll (2-d, 2000/500/500), scikit-learn's diabetes (10-d) and breast cancer
 (30-d) features (dequantized, standardized, 70/15/15), and the 64-d digits
 (dequantized, logit space). ``--datasets heldout`` runs sets that were never

@@ -114,10 +114,17 @@ def timed(fn, *args, repeats, budget_s):
 
 
 def slope(dims, values):
+    """Least-squares slope of log(time) on log(D), and the RMS residual of that fit (in log units).
+
+    A residual above 0.25 (times off the line by ~30%) says the points are not on a power law:
+    noise, or a regime change inside the range.
+    """
     import numpy as np
 
     x, y = np.log(np.asarray(dims, float)), np.log(np.asarray(values, float))
-    return float(np.polyfit(x, y, 1)[0])
+    coef = np.polyfit(x, y, 1)
+    residual = float(np.sqrt(np.mean((np.polyval(coef, x) - y) ** 2)))
+    return float(coef[0]), residual
 
 
 def main(argv=None):
@@ -139,15 +146,17 @@ def main(argv=None):
     )
     dims = [int(d) for d in 2 ** np.arange(0, 31) if args.min_dim <= d <= args.max_dim]
     diag_dims = [int(d) for d in 2 ** np.arange(0, 31) if args.min_dim <= d <= args.diag_max_dim]
-    rows, max_diff = [], 0.0
+    rows, max_diff, max_scale = [], 0.0, 1e-30
 
     def record(dim, method, compile_s, times):
+        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
         row = dict(
             dim=int(dim),
             method=method,
             median_ms=1e3 * statistics.median(times),
             min_ms=1e3 * min(times),
             max_ms=1e3 * max(times),
+            iqr_over_median=(q3 - q1) / statistics.median(times),
             compile_ms=1e3 * compile_s,
         )
         rows.append(row)
@@ -179,6 +188,7 @@ def main(argv=None):
         ld_dense, c, t = timed_(lambda m: jnp.linalg.slogdet(m)[1], tri)
         record(dim, "dense_slogdet", c, t)
         max_diff = max(max_diff, float(jnp.abs(ld_tri - ld_dense)))
+        max_scale = max(max_scale, float(jnp.abs(ld_dense)))
 
         if dim > args.layer_max_dim:
             continue
@@ -204,16 +214,31 @@ def main(argv=None):
             ld_d, c, t = timed_(dense, params, x)
             record(dim, f"{name}_dense", c, t)
             max_diff = max(max_diff, float(jnp.max(jnp.abs(ld_a - ld_d))))
+            max_scale = max(max_scale, float(jnp.max(jnp.abs(ld_d))))
 
     methods = sorted({r["method"] for r in rows}, key=[r["method"] for r in rows].index)
-    slopes = {}
+    slopes, residuals = {}, {}
     for m in methods:
         pts = [(r["dim"], r["median_ms"]) for r in rows if r["method"] == m]
         upper = pts[-max(3, len(pts) // 3) :]  # the largest third of the range (>= 3 points)
-        slopes[m] = slope(*zip(*upper, strict=True)) if len(upper) >= 2 else float("nan")
-    print("\nlog-log slopes over the largest third of the range (time ~ D^slope):")
+        slopes[m], residuals[m] = (
+            slope(*zip(*upper, strict=True)) if len(upper) >= 2 else (float("nan"), float("nan"))
+        )
+    print(
+        "\nlog-log slopes over the largest third of the range (time ~ D^slope), "
+        "with the fit's RMS residual:"
+    )
     for m, s in slopes.items():
-        print(f"  {m:<16} {s:5.2f}")
+        warn = []
+        if residuals[m] > 0.25:
+            warn.append("points far off a power law (noise or a regime change)")
+        if s < -0.2:
+            warn.append("time falls with D: the machine's noise, not the method")
+        noisy = [r["dim"] for r in rows if r["method"] == m and r["iqr_over_median"] > 0.5]
+        if noisy:
+            warn.append(f"quartiles wider than half the median at D={noisy}")
+        note = f"  WARNING: {'; '.join(warn)}" if warn else ""
+        print(f"  {m:<16} {s:5.2f}  (residual {residuals[m]:.2f}){note}")
     speedups = {}
     for dim in dims:
         med = {r["method"]: r["median_ms"] for r in rows if r["dim"] == dim}
@@ -226,12 +251,17 @@ def main(argv=None):
     print("\ndense / analytic time ratio by D:")
     for dim, s in speedups.items():
         print(f"  D={dim:>5} " + "  ".join(f"{k} {v:8.1f}x" for k, v in s.items()))
-    print(f"\nmax |analytic - dense| log-det over the run ({dtype.name}): {max_diff:.3e}")
+    print(
+        f"\nmax |analytic - dense| log-det over the run ({dtype.name}): {max_diff:.3e} "
+        f"(relative to the largest |log-det|, {max_scale:.2e}: {max_diff / max_scale:.1e})"
+    )
     print(matmul_precision_note())
 
     result = dict(
         rows=rows,
         slopes=slopes,
+        slope_fit_residuals=residuals,
+        max_abs_diff_relative=max_diff / max_scale,
         speedup_dense_over_analytic=speedups,
         max_abs_logdet_diff=max_diff,
         dtype=dtype.name,

@@ -102,18 +102,19 @@ def main(argv=None):
             sample_1000_ms=1e3 * timed(sample, params, jax.random.key(0), repeats=repeats),
         )
 
-    maf = results["maf"]["flow"]
-    samples = datasets.digits_to_pixels(np.asarray(maf.sample(jax.random.key(1), (32,))))
-    real = datasets.digits_to_pixels(np.asarray(data.test[:32]))
-    fig, ax = plotting.subplots(8, 8, 1.0)
-    for i in range(32):
-        for j, (img, tag) in enumerate(((real[i], "real"), (samples[i], "MAF"))):
-            a = ax[i // 4, (i % 4) * 2 + j]
-            a.imshow(img.reshape(8, 8), cmap="gray_r", vmin=0, vmax=16)
+    rows = [("real (test)", datasets.digits_to_pixels(np.asarray(data.test[:16])))]
+    for i, name in enumerate(results):
+        drawn = results[name]["flow"].sample(jax.random.key(1 + i), (16,))
+        rows.append((f"{name.upper()} samples", datasets.digits_to_pixels(np.asarray(drawn))))
+    fig, ax = plotting.subplots(2 * len(rows), 8, 1.0)
+    for r, (tag, images) in enumerate(rows):
+        for k in range(16):
+            a = ax[2 * r + k // 8, k % 8]
+            a.imshow(images[k].reshape(8, 8), cmap="gray_r", vmin=0, vmax=16)
             a.set_xticks([])
             a.set_yticks([])
-            if i < 4:
-                a.set_title(tag, fontsize=8)
+        ax[2 * r, 0].set_ylabel(tag, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle("Digits: 16 test images, then 16 samples of each flow", fontsize=9)
     plotting.save(fig, os.path.join(args.out, "samples_vs_real.png"))
     fig, ax = plotting.subplots(1, 2, 4)
     for i, name in enumerate(results):

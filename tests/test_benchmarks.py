@@ -84,3 +84,27 @@ def test_accuracy_quick_writes_per_seed_nll(tmp_path):
     # init_zero is today's default (zero output layer): the variant repeats the default exactly.
     assert entry["variants"]["init_zero"]["nll"] == entry["jaxmaf"]
     assert set(result["ablation"]) == {"init_zero"}
+
+
+def test_interactive_quick_finds_no_recompilation(tmp_path):
+    """The eager-call benchmark counts traces and compilations of each second eager call:
+    none for any of jaxmaf's public calls (MAF and IAF, exact and jacobi, conditional)."""
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "interactive.py"),
+            "--quick",
+            "--import-rounds",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    result = json.loads((tmp_path / "interactive.json").read_text())
+    ours = [r for r in result["calls"] if r["name"].startswith("jaxmaf")]
+    assert len(ours) == 10
+    for r in ours:
+        assert (r["second_call_traces"], r["second_call_compiles"]) == (0, 0), r["name"]
+        assert r["eager_median_ms"] > 0 and r["jit_median_ms"] > 0
