@@ -10,7 +10,7 @@ optimisations users get.
 
 Matrix products run in full float32 (``JAX_DEFAULT_MATMUL_PRECISION=highest``):
 on NVIDIA GPUs since Ampere JAX's default is TF32, under which the exact
-float32 comparisons of this suite fail (69 of 570 on an H200; README). On a
+float32 comparisons of this suite fail (69 of 570 on an H200; docs/benchmarks.md). On a
 CPU the setting changes nothing.
 """
 
