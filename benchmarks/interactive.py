@@ -10,8 +10,10 @@ prints:
     (``equinox.filter_jit`` for flowjax), and their ratio: the median over
     interleaved rounds of the per-round ratio, with its quartiles.
 Then the time of ``import jaxmaf`` against ``import distrax`` (which jaxmaf
-imports), ``import jax`` and ``import flowjax``, each in fresh processes,
-interleaved, medians.
+imports), ``import jax`` and ``import flowjax.flows``, each in fresh processes,
+interleaved, medians. Last, one train step with the flow's state handed to the
+compiled step four ways (flat leaf lists, ``nnx.State``, the module itself,
+``nnx.jit`` with ``nnx.Optimizer``): the Python cost around each call.
 
 Workload: 2-d flows, 4 layers, MADE 64x64 (the circles example's), 1000
 points; a conditional MAF with 2 context dimensions.
@@ -32,6 +34,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 import jaxmaf
@@ -175,10 +178,90 @@ def measure(cases, rounds):
     return rows
 
 
+def train_step_paths(rounds):
+    """One Adam step of a 2-d flow (4x128x128, batch 256), its state handed over four ways.
+
+    Flat leaf lists; ``nnx.State`` to ``jax.jit`` (the natural split/merge way); the module
+    itself to ``jax.jit`` (a pytree); ``nnx.jit`` with ``nnx.Optimizer``. Same program work;
+    the differences are the Python handling of the arguments around each call.
+    """
+    x = jax.random.normal(jax.random.key(0), (256, 2))
+    opt = optax.adam(1e-3)
+    graphdef, params, rest = nnx.split(
+        jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0)), nnx.Param, ...
+    )
+    leaves, treedef = jax.tree.flatten(params)
+
+    def nll(p):
+        return -nnx.merge(graphdef, p, rest).log_prob(x).mean()
+
+    @jax.jit
+    def flat(leaves, o):
+        v, g = jax.value_and_grad(lambda ls: nll(jax.tree.unflatten(treedef, ls)))(leaves)
+        u, o = opt.update(g, o, leaves)
+        return optax.apply_updates(leaves, u), o, v
+
+    @jax.jit
+    def state(p, o):
+        v, g = jax.value_and_grad(nll)(p)
+        u, o = opt.update(g, o, p)
+        return optax.apply_updates(p, u), o, v
+
+    @jax.jit
+    def module(f, o):
+        v, g = jax.value_and_grad(lambda f: -f.log_prob(x).mean())(f)
+        u, o = opt.update(g, o, f)
+        return optax.apply_updates(f, u), o, v
+
+    flow_d = jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(flow_d, opt, wrt=nnx.Param)
+
+    @nnx.jit
+    def nnx_step(f, optimizer):
+        v, g = nnx.value_and_grad(lambda f: -f.log_prob(x).mean())(f)
+        optimizer.update(f, g)
+        return v
+
+    flow_c = jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0))
+    carry = {
+        "flat leaves": [flat, leaves, opt.init(leaves)],
+        "nnx.State to jax.jit": [state, params, opt.init(params)],
+        "module to jax.jit": [module, flow_c, opt.init(flow_c)],
+    }
+
+    def call(name):
+        if name == "nnx.jit + nnx.Optimizer":
+            return nnx_step(flow_d, optimizer)
+        fn, a, o = carry[name]
+        carry[name][1], carry[name][2], v = fn(a, o)
+        return v
+
+    names = [*carry, "nnx.jit + nnx.Optimizer"]
+    for n in names:  # compile and warm up
+        jax.block_until_ready(call(n))
+        jax.block_until_ready(call(n))
+    times = {n: [] for n in names}
+    for _ in range(max(rounds, 3) * 5):
+        for n in names:
+            t0 = time.perf_counter()
+            jax.block_until_ready(call(n))
+            times[n].append(time.perf_counter() - t0)
+    result = {}
+    base = times["flat leaves"]
+    for n in names:
+        q1, ratio, q3 = quartiles([a / b for a, b in zip(times[n], base, strict=True)])
+        result[n] = dict(median_ms=1e3 * statistics.median(times[n]), ratio=ratio)
+        print(
+            f"train step, {n:<24} median {1e3 * statistics.median(times[n]):6.2f} ms   "
+            f"vs flat leaves {ratio:5.2f} [{q1:.2f}, {q3:.2f}]"
+        )
+    return result
+
+
 def import_times(rounds):
     if rounds < 1:
         return {}
-    modules = ["jax", "distrax", "jaxmaf", "flowjax"]
+    modules = ["jax", "distrax", "jaxmaf", "flowjax.flows"]  # flowjax itself imports lazily
     code = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
     times = {m: [] for m in modules}
     for _ in range(rounds):
@@ -191,7 +274,7 @@ def import_times(rounds):
     result = {}
     for m, ts in times.items():
         if not ts:
-            print(f"import {m:<8} unavailable")
+            print(f"import {m:<13} unavailable")
             continue
         result[m] = dict(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts))
         spread = max(ts) - min(ts)
@@ -201,7 +284,7 @@ def import_times(rounds):
             else ""
         )
         print(
-            f"import {m:<8} median {statistics.median(ts):6.2f} s "
+            f"import {m:<13} median {statistics.median(ts):6.2f} s "
             f"(min {min(ts):.2f}, max {max(ts):.2f}; {len(ts)} fresh processes){note}"
         )
     return result
@@ -229,12 +312,15 @@ def main(argv=None):
     )
     rows = measure(jaxmaf_cases() + flowjax_cases(), args.rounds)
     print()
+    steps = train_step_paths(args.rounds)
+    print()
     imports = import_times(args.import_rounds)
     result = dict(
         backend=jax.default_backend(),
         device=jax.devices()[0].device_kind,
         rounds=args.rounds,
         calls=rows,
+        train_step_paths=steps,
         imports=imports,
         versions=dict(
             jax=jax.__version__, jaxmaf=jaxmaf.__version__, python=platform.python_version()
