@@ -8,6 +8,18 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 
+def _sklearn_datasets():
+    """``sklearn.datasets``, or an ImportError that says how to install it."""
+    try:
+        from sklearn import datasets
+    except ImportError as e:
+        raise ImportError(
+            "jaxmaf.datasets needs scikit-learn, which the core install leaves out: "
+            "pip install 'jaxmaf[examples]' (or pip install scikit-learn)."
+        ) from e
+    return datasets
+
+
 @dataclasses.dataclass
 class Split:
     """A train/validation/test split (arrays of shape ``(n, D)``) and optional contexts."""
@@ -75,8 +87,7 @@ def circles(
       >>> circles().train.shape
       (1200, 2)
     """
-    from sklearn.datasets import make_circles
-
+    make_circles = _sklearn_datasets().make_circles
     x, _ = make_circles(noise=0.05, factor=0.99, random_state=1, n_samples=n_samples)
     x = (x - x.mean(0)) / x.std(0)
     return split(x.astype(dtype), sizes, seed)
@@ -101,7 +112,7 @@ def moons(
     Returns:
       a :class:`Split` of ``(n, 2)`` points with ``(n, 1)`` contexts.
     """
-    from sklearn.datasets import make_moons
+    make_moons = _sklearn_datasets().make_moons
 
     x, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
     x = (x - x.mean(0)) / x.std(0)
@@ -131,7 +142,7 @@ def digits(
     Returns:
       a :class:`Split` of ``(n, 64)`` arrays.
     """
-    from sklearn.datasets import load_digits
+    load_digits = _sklearn_datasets().load_digits
 
     v = load_digits().data
     rng = np.random.default_rng(seed)
@@ -325,7 +336,7 @@ def tabular(
       >>> tabular("diabetes").train.shape
       (309, 10)
     """
-    from sklearn import datasets as sk
+    sk = _sklearn_datasets()
 
     loaders = {
         "diabetes": sk.load_diabetes,

@@ -8,8 +8,15 @@ import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+try:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+except ImportError as e:  # the core install leaves matplotlib out
+    raise ImportError(
+        "jaxmaf.plotting needs matplotlib, which the core install leaves out: "
+        "pip install 'jaxmaf[examples]' (or pip install matplotlib)."
+    ) from e
 
 from jaxmaf.training import History
 

@@ -458,3 +458,33 @@ def test_version_1_files_still_load_with_their_masks_checked(tmp_path):
     path.write_bytes(flax_serialization.msgpack_serialize(legacy))
     with pytest.raises(ValueError, match="differs"):
         jaxmaf.load(path)
+
+
+def test_core_import_leaves_out_scikit_learn_and_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jaxmaf; "
+        "loaded = [m for m in ('sklearn', 'matplotlib') if m in sys.modules]; "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_datasets_and_plotting_without_their_extra_say_how_to_install(monkeypatch):
+    import importlib
+    import sys
+
+    from jaxmaf import datasets
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    with pytest.raises(ImportError, match=r"jaxmaf\[examples\]"):
+        datasets.circles()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.delitem(sys.modules, "jaxmaf.plotting", raising=False)
+    with pytest.raises(ImportError, match=r"jaxmaf\[examples\]"):
+        importlib.import_module("jaxmaf.plotting")
+    monkeypatch.delitem(sys.modules, "jaxmaf.plotting", raising=False)
