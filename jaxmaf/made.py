@@ -107,11 +107,22 @@ def host_seed(rngs: nnx.Rngs) -> int:
     Returns:
       an int in ``[0, 2**31 - 1)``.
 
+    Raises:
+      ValueError: ``rngs`` is abstract (under ``jit`` or ``eval_shape``): pass a
+        ``mask_seed`` instead.
+
     Examples:
       >>> 0 <= host_seed(nnx.Rngs(0)) < 2**31 - 1
       True
     """
-    return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+    try:
+        return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as e:
+        raise ValueError(
+            "A random order, permutation or hidden-degree rule draws its numpy seed from rngs, "
+            "which is abstract here (under jit or eval_shape): pass mask_seed=<int> to fix the "
+            "masks without a device value."
+        ) from e
 
 
 def default_dtype() -> jnp.dtype:

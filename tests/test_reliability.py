@@ -488,3 +488,25 @@ def test_datasets_and_plotting_without_their_extra_say_how_to_install(monkeypatc
     with pytest.raises(ImportError, match=r"jaxmaf\[examples\]"):
         importlib.import_module("jaxmaf.plotting")
     monkeypatch.delitem(sys.modules, "jaxmaf.plotting", raising=False)
+
+
+def test_random_masks_and_permutations_with_mask_seed_build_under_eval_shape():
+    def build(**kw):
+        return jaxmaf.MAF(
+            4, 3, (8,), permutation="random", hidden_degrees="random", rngs=nnx.Rngs(0), **kw
+        )
+
+    abstract = nnx.eval_shape(lambda: build(mask_seed=5))  # no device value is pulled
+    concrete = build(mask_seed=5)
+    assert abstract.permutations == concrete.permutations == build(mask_seed=5).permutations
+    assert build(mask_seed=6).permutations != concrete.permutations
+    with pytest.raises(ValueError, match="mask_seed"):
+        nnx.eval_shape(lambda: build())
+    with pytest.raises(ValueError, match="mask_seed"):
+        nnx.eval_shape(lambda: jaxmaf.MADE(3, (8,), 2, order="random", rngs=nnx.Rngs(0)))
+
+
+def test_reversed_is_accepted_for_permutation_as_for_order():
+    a = jaxmaf.MAF(3, 3, (8,), permutation="reversed", rngs=nnx.Rngs(0))
+    b = jaxmaf.MAF(3, 3, (8,), permutation="reverse", rngs=nnx.Rngs(0))
+    assert a.permutations == b.permutations == ((2, 1, 0), (2, 1, 0))
