@@ -302,11 +302,13 @@ class BatchNorm(nnx.Module):
     ``u = (x - m) / sqrt(v + eps) * exp(log_gamma) + beta`` with exact
     log-det ``sum(log_gamma - log(v + eps) / 2)``. In train mode ``m, v`` are
     the batch's mean and variance over every leading axis (gradients flow
-    through them) and the running averages (``nnx.BatchStat``) are updated;
-    in eval mode (``flow.eval()``) the running averages are used and the map
+    through them); in eval mode (``flow.eval()``) the running averages are used and the map
     is a fixed affine bijection, invertible both ways. The sampling direction
     always uses the running averages (a batch of samples has no data
-    statistics to borrow).
+    statistics to borrow). Evaluating is pure: the running averages
+    (``nnx.BatchStat``) change only through ``bijector(update_stats=True)``,
+    which :func:`jaxmaf.fit` uses on each minibatch (and
+    :meth:`jaxmaf.MAF.update_batch_stats` exposes).
 
     Args:
       dim: event dimension D.
@@ -340,29 +342,46 @@ class BatchNorm(nnx.Module):
         self.mean = nnx.BatchStat(jnp.zeros((dim,), dtype))
         self.var = nnx.BatchStat(jnp.ones((dim,), dtype))
 
-    def statistics(self, x: Array) -> tuple[Array, Array]:
+    def statistics(self, x: Array, update: bool = False) -> tuple[Array, Array]:
         """Mean and variance to normalise ``x`` ``(..., D)`` with.
 
-        In train mode these are the batch's, and the running averages are updated.
+        Args:
+          x: the batch.
+          update: in train mode, also move the running averages towards the
+            batch's statistics (what training does; off by default, so that
+            evaluating changes nothing).
+
+        Returns:
+          ``(mean, variance)``, each ``(D,)``: the batch's in train mode, the
+          running averages in eval mode.
         """
         if self.use_running_average:
             return self.mean[...], self.var[...]
         flat = x.reshape(-1, self.dim)
         m, v = jnp.mean(flat, axis=0), jnp.var(flat, axis=0)
-        mom = self.momentum
-        self.mean[...] = mom * self.mean[...] + (1 - mom) * jax.lax.stop_gradient(m)
-        self.var[...] = mom * self.var[...] + (1 - mom) * jax.lax.stop_gradient(v)
+        if update:
+            mom = self.momentum
+            self.mean[...] = mom * self.mean[...] + (1 - mom) * jax.lax.stop_gradient(m)
+            self.var[...] = mom * self.var[...] + (1 - mom) * jax.lax.stop_gradient(v)
         return m, v
 
-    def bijector(self) -> distrax.Bijector:
-        """The normalisation as a distrax bijector (base -> data)."""
-        return _BatchNormBijector(self)
+    def bijector(self, update_stats: bool = False) -> distrax.Bijector:
+        """The normalisation as a distrax bijector (base -> data).
+
+        Args:
+          update_stats: the density direction (``inverse``) in train mode also
+            updates the running averages.
+
+        Returns:
+          the bijector; ``event_ndims_in = 1``.
+        """
+        return _BatchNormBijector(self, update_stats)
 
 
 class _BatchNormBijector(distrax.Bijector):
-    def __init__(self, module: BatchNorm):
+    def __init__(self, module: BatchNorm, update_stats: bool = False):
         super().__init__(event_ndims_in=1)
-        self._module = module
+        self._module, self._update_stats = module, update_stats
 
     def _affine(self, m, v):
         bn = self._module
@@ -371,7 +390,7 @@ class _BatchNormBijector(distrax.Bijector):
 
     def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
         check_event(y, self._module.dim, "BatchNorm input")
-        log_scale, beta, m = self._affine(*self._module.statistics(y))
+        log_scale, beta, m = self._affine(*self._module.statistics(y, self._update_stats))
         u = (y - m) * jnp.exp(log_scale) + beta
         return u, jnp.broadcast_to(jnp.sum(log_scale), u.shape[:-1])
 

@@ -177,7 +177,7 @@ def check_data(data: Any, dim: int, name: str = "data") -> np.ndarray:
 def _loss(params, rest, graphdef, x, c, w):
     """Weighted mean NLL, and the non-parameter state after the pass (batch-norm statistics)."""
     flow = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables at this trace level
-    lp = flow.log_prob(x, context=c)
+    lp = flow.update_batch_stats(x, context=c)  # log_prob; batch norm moves its averages
     return -jnp.sum(w * lp) / jnp.sum(w), nnx.split(flow, nnx.Param, ...)[2]
 
 

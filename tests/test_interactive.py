@@ -100,15 +100,21 @@ def test_structural_change_compiles_anew_and_batch_norm_state_is_written_back():
     flow = jaxmaf.MAF(3, 2, (8,), batch_norm=True, rngs=nnx.Rngs(0))
     x = 2.0 + 3.0 * jax.random.normal(jax.random.key(0), (64, 3))
     mean0 = np.asarray(flow.batch_norms[0].mean[...])
-    train_lp = flow.log_prob(x)  # train mode: batch statistics, running averages updated
+    train_lp = flow.log_prob(x)  # train mode: batch statistics; evaluating changes nothing
+    np.testing.assert_array_equal(flow.batch_norms[0].mean[...], mean0)
+    np.testing.assert_allclose(flow.update_batch_stats(x), train_lp, rtol=1e-6)
     mean1 = np.asarray(flow.batch_norms[0].mean[...])
-    assert not np.allclose(mean0, mean1), "the eager train-mode call lost its state update"
+    assert not np.allclose(mean0, mean1), "the eager update call lost its state update"
+    jitted = jax.jit(flow.log_prob)(x)  # pure, so plain jax.jit of the bound method works
+    np.testing.assert_allclose(jitted, train_lp, rtol=1e-5)
+    np.testing.assert_array_equal(flow.batch_norms[0].mean[...], mean1)
     flow.eval()
     eval_lp = flow.log_prob(x)  # must not reuse the train-mode program
     reference = nnx.jit(lambda f: f.log_prob(x))(flow)
     np.testing.assert_allclose(eval_lp, reference, rtol=1e-6)
     assert not np.allclose(train_lp, eval_lp)
-    np.testing.assert_array_equal(flow.batch_norms[0].mean[...], mean1)  # eval writes nothing
+    flow.update_batch_stats(x)  # eval mode: nothing to update
+    np.testing.assert_array_equal(flow.batch_norms[0].mean[...], mean1)
 
 
 def test_calls_inside_transformations_are_not_routed_through_the_cache():

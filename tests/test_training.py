@@ -448,8 +448,9 @@ def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
         num_epochs=5,
         progress=False,
     )
-    bn = flow.batch_norms[0]
-    assert not np.allclose(bn.mean[...], 0.0)  # running averages moved towards the data
+    bn = flow.batch_norms[-1]  # the data side's: its input is far from standardised
+    # fit moved the running averages towards the data (20 updates at momentum 0.99)
+    assert np.abs(bn.mean[...]).max() > 0.1 and np.abs(bn.var[...] - 1).max() > 0.1
     assert not bn.use_running_average  # fit leaves the flow in the mode it found
     flow.eval()
     # validation used eval mode (running averages): the best epoch's value is reproduced
