@@ -135,8 +135,15 @@ class FlowConfig:
 
     def to_dict(self) -> dict:
         """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
+        names = {v: k for k, v in TRANSFORMERS.items()}
+        if type(self.transformer) not in names:
+            raise ValueError(
+                f"This flow's transformer, a {type(self.transformer).__name__}, is not one of the "
+                f"built-in {sorted(TRANSFORMERS)} that a file can name: keep its parameters with "
+                "nnx.state(flow) and rebuild the flow with the same constructor instead."
+            )
         d = dataclasses.asdict(self)
-        name = {v: k for k, v in TRANSFORMERS.items()}[type(self.transformer)]
+        name = names[type(self.transformer)]
         d["transformer"] = {"name": name, **dataclasses.asdict(self.transformer)}
         d["permutation"] = [list(p) for p in self.permutation]
         d["hidden_dims"] = list(self.hidden_dims)

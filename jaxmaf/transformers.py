@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Protocol, runtime_checkable
 
 import distrax
 import jax
@@ -308,7 +309,60 @@ class Spline:
 
 
 TRANSFORMERS = {"affine": Affine, "spline": Spline}
-Transformer = Affine | Spline
+
+
+@runtime_checkable
+class Transformer(Protocol):
+    """What :class:`jaxmaf.MaskedAutoregressive` asks of a transformer (built-in or yours).
+
+    ``Affine`` and ``Spline`` are transformers; so is any object with these
+    members. A transformer is an elementwise bijection ``x_i = tau(u_i;
+    params_i)`` driven by the conditioner's ``num_params`` outputs per
+    dimension. It holds no parameters and must be hashable (a frozen
+    dataclass), because it lives in a module's static structure. Shapes:
+    ``u`` and ``x`` are ``(..., D)``, ``params`` is ``(..., D, num_params)``;
+    log-dets are elementwise, ``log|dx_i/du_i|`` (forward) or
+    ``log|du_i/dx_i|`` (inverse), ``(..., D)``. A flow with your own
+    transformer trains and samples like any other; :func:`jaxmaf.save`
+    stores only the built-in ones, by name.
+
+    Examples:
+      >>> import dataclasses
+      >>> @dataclasses.dataclass(frozen=True)
+      ... class Shift:  # x = u + params[..., 0]: volume preserving (NICE-like)
+      ...     num_params = 1
+      ...     def forward(self, u, params): return u + params[..., 0]
+      ...     def inverse(self, x, params): return x - params[..., 0]
+      ...     def forward_and_log_det(self, u, params):
+      ...         return self.forward(u, params), jnp.zeros_like(u)
+      ...     def inverse_and_log_det(self, x, params):
+      ...         return self.inverse(x, params), jnp.zeros_like(x)
+      >>> isinstance(Shift(), Transformer)
+      True
+      >>> jaxmaf.MAF(2, 2, (8,), transformer=Shift(), rngs=nnx.Rngs(0)).log_prob(jnp.zeros(2))
+      Array(-1.837877, dtype=float32)
+    """
+
+    @property
+    def num_params(self) -> int:
+        """Conditioner outputs per dimension."""
+        ...
+
+    def forward(self, u: Array, params: Array) -> Array:
+        """Base side to data side, ``(..., D) -> (..., D)``."""
+        ...
+
+    def inverse(self, x: Array, params: Array) -> Array:
+        """Data side to base side."""
+        ...
+
+    def forward_and_log_det(self, u: Array, params: Array) -> tuple[Array, Array]:
+        """``forward`` and the elementwise ``log|dx/du|``."""
+        ...
+
+    def inverse_and_log_det(self, x: Array, params: Array) -> tuple[Array, Array]:
+        """``inverse`` and the elementwise ``log|du/dx|``."""
+        ...
 
 
 def get_transformer(transformer: str | Transformer) -> Transformer:
@@ -333,6 +387,22 @@ def get_transformer(transformer: str | Transformer) -> Transformer:
                 f"Unknown transformer {transformer!r}: expected one of {sorted(TRANSFORMERS)}."
             )
         return TRANSFORMERS[transformer]()
-    if not all(hasattr(transformer, a) for a in ("num_params", "forward_and_log_det")):
-        raise ValueError(f"Expected a transformer name or instance, got {transformer!r}.")
+    if not isinstance(transformer, Transformer):
+        missing = [
+            a
+            for a in ("num_params", "forward", "inverse", "forward_and_log_det")
+            + ("inverse_and_log_det",)
+            if not hasattr(transformer, a)
+        ]
+        raise ValueError(
+            f"Expected a transformer name {sorted(TRANSFORMERS)} or an object with the "
+            f"Transformer methods, got {transformer!r} (missing {missing})."
+        )
+    try:
+        hash(transformer)
+    except TypeError as e:
+        raise ValueError(
+            f"Expected a hashable transformer (a frozen dataclass: it is part of the module's "
+            f"static structure), got {transformer!r}."
+        ) from e
     return transformer

@@ -533,3 +533,36 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
         )
     )(p)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_a_user_transformer_trains_samples_and_matches_the_dense_formula(tmp_path):
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class ShiftScale:  # x = u * exp(t) + m with t = tanh(params[..., 1]): a user's own affine map
+        num_params = 2
+
+        def forward_and_log_det(self, u, params):
+            t = jnp.tanh(params[..., 1])
+            return u * jnp.exp(t) + params[..., 0], t
+
+        def inverse_and_log_det(self, x, params):
+            t = jnp.tanh(params[..., 1])
+            return (x - params[..., 0]) * jnp.exp(-t), -t
+
+        def forward(self, u, params):
+            return self.forward_and_log_det(u, params)[0]
+
+        def inverse(self, x, params):
+            return self.inverse_and_log_det(x, params)[0]
+
+    assert isinstance(ShiftScale(), jaxmaf.transformers.Transformer)
+    flow = perturb(jaxmaf.MAF(3, 2, (16,), transformer=ShiftScale(), rngs=nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    bij = flow.bijector()
+    u, dense = jax.vmap(lambda v: (bij.inverse(v), jaxmaf.dense_log_det(bij.inverse, v)))(x)
+    np.testing.assert_allclose(flow.log_prob(x), flow.base_log_prob(u) + dense, rtol=1e-5)
+    xs = flow.sample(jax.random.key(2), (4,))
+    np.testing.assert_allclose(bij.forward(bij.inverse(xs)), xs, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="ShiftScale.*nnx.state"):
+        jaxmaf.save(tmp_path / "f.jaxmaf", flow)

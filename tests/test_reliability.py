@@ -510,3 +510,35 @@ def test_reversed_is_accepted_for_permutation_as_for_order():
     a = jaxmaf.MAF(3, 3, (8,), permutation="reversed", rngs=nnx.Rngs(0))
     b = jaxmaf.MAF(3, 3, (8,), permutation="reverse", rngs=nnx.Rngs(0))
     assert a.permutations == b.permutations == ((2, 1, 0), (2, 1, 0))
+
+
+def test_transformer_objects_without_the_protocol_or_unhashable_are_refused():
+    import dataclasses
+
+    class NoInverse:
+        num_params = 1
+
+        def forward_and_log_det(self, u, params):
+            return u, jnp.zeros_like(u)
+
+    with pytest.raises(ValueError, match="missing"):
+        jaxmaf.MAF(2, 2, (8,), transformer=NoInverse(), rngs=nnx.Rngs(0))
+
+    @dataclasses.dataclass  # not frozen: unhashable
+    class Mutable:
+        num_params = 1
+
+        def forward(self, u, p):
+            return u
+
+        def inverse(self, x, p):
+            return x
+
+        def forward_and_log_det(self, u, p):
+            return u, jnp.zeros_like(u)
+
+        def inverse_and_log_det(self, x, p):
+            return x, jnp.zeros_like(x)
+
+    with pytest.raises(ValueError, match="hashable"):
+        jaxmaf.MAF(2, 2, (8,), transformer=Mutable(), rngs=nnx.Rngs(0))
