@@ -297,6 +297,8 @@ def main(argv=None):
     p.add_argument(
         "--import-rounds", type=int, default=5, help="fresh processes per import (0: skip)"
     )
+    p.add_argument("--no-peers", action="store_true", help="jaxmaf's calls only (no flowjax)")
+    p.add_argument("--no-train-step", action="store_true", help="skip the train-step table")
     p.add_argument("--quick", action="store_true", help="3 rounds, 1 import round (CI smoke)")
     args = p.parse_args(argv)
     if args.quick:
@@ -310,9 +312,10 @@ def main(argv=None):
         f"{'2nd: traces/compiles':>9} {'eager (ms)':>10} {'jit (ms)':>10} "
         f"{'eager/jit [quartiles]':>22}"
     )
-    rows = measure(jaxmaf_cases() + flowjax_cases(), args.rounds)
+    cases = jaxmaf_cases() + ([] if args.no_peers else flowjax_cases())
+    rows = measure(cases, args.rounds)
     print()
-    steps = train_step_paths(args.rounds)
+    steps = {} if args.no_train_step else train_step_paths(args.rounds)
     print()
     imports = import_times(args.import_rounds)
     result = dict(

@@ -96,6 +96,8 @@ def test_interactive_quick_finds_no_recompilation(tmp_path):
             "--quick",
             "--import-rounds",
             "0",
+            "--no-peers",
+            "--no-train-step",
             "--out",
             str(tmp_path),
         ],
