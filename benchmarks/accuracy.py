@@ -149,6 +149,7 @@ VARIANTS: dict[str, tuple] = {
     "perm_random": ("random permutations (from rngs)", {"permutation": "random"}, {}),
     "ema_off": ("no parameter average (last iterate only)", {}, {"ema_epochs": None}),
     "ema_3": ("parameter average over 3 epochs", {}, {"ema_epochs": 3.0}),
+    "ema_16": ("parameter average over 16 epochs", {}, {"ema_epochs": 16.0}),
     "patience_none": ("no early stopping (best epoch of all)", {}, {"patience": None}),
     "patience_10": ("patience 10", {}, {"patience": 10}),
     "clip_5": (

@@ -98,9 +98,11 @@ def pushforward_stages(bijector: distrax.Bijector, u: jax.Array) -> list[tuple[s
         x = b.forward(x)
         if b.name == "Permute":
             name = "then permuted"
-        else:
+        elif b.name == "MaskedAutoregressive":
             layer += 1
-            name = f"after layer {layer} ({b.name})"
+            name = f"after MAF layer {layer}"
+        else:
+            name = f"after {b.name}"
         stages.append((name, np.asarray(x)))
     return stages
 
