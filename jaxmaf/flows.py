@@ -434,6 +434,18 @@ class _AutoregressiveFlow(nnx.Module):
         out = _map_chunks(fn, flat, chunk)
         return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
 
+    def _call(self, name: str, statics: tuple, *arrays, writes_state: bool = False):
+        """``self.<name>(*arrays, *statics)``: compiled and cached when called eagerly."""
+        if _eager() and _hashable(statics):
+            return _compiled(name, statics, writes_state)(self, *arrays)
+        return getattr(self, name)(*arrays, *statics)
+
+    def _density_inputs(self, x: Array, context: Array | None) -> tuple[Array, Array | None]:
+        """Checks ``x`` and ``context`` against the flow and makes them arrays."""
+        check_event(x, self.dim, "x")
+        check_context(context, self.context_dim)
+        return jnp.asarray(x), None if context is None else jnp.asarray(context)
+
     # ------------------------------------------------------------------ density
     def log_prob(
         self,
@@ -471,14 +483,8 @@ class _AutoregressiveFlow(nnx.Module):
           >>> flow.log_prob(jnp.zeros((10, 2))).shape
           (10,)
         """
-        check_event(x, self.dim, "x")
-        check_context(context, self.context_dim)
-        x = jnp.asarray(x)
-        context = None if context is None else jnp.asarray(context)
-        statics = (method, tol, chunk_size, False)
-        if _eager() and _hashable(statics):
-            return _compiled("_log_prob", statics, False)(self, x, context)
-        return self._log_prob(x, context, *statics)
+        x, context = self._density_inputs(x, context)
+        return self._call("_log_prob", (method, tol, chunk_size, False), x, context)
 
     def update_batch_stats(self, x: Array, context: Array | None = None) -> Array:
         """Log-density of a training batch, moving batch norm's running averages towards it.
@@ -507,15 +513,9 @@ class _AutoregressiveFlow(nnx.Module):
           >>> _ = flow.update_batch_stats(x); float(flow.batch_norms[0].mean[0]) > 0
           True
         """
-        check_event(x, self.dim, "x")
-        check_context(context, self.context_dim)
-        x = jnp.asarray(x)
-        context = None if context is None else jnp.asarray(context)
-        statics = ("exact", 0.0, None, True)
-        if _eager():
-            writes = any(not bn.use_running_average for bn in self.batch_norms)
-            return _compiled("_log_prob", statics, writes)(self, x, context)
-        return self._log_prob(x, context, *statics)
+        x, context = self._density_inputs(x, context)
+        writes = any(not bn.use_running_average for bn in self.batch_norms)
+        return self._call("_log_prob", ("exact", 0.0, None, True), x, context, writes_state=writes)
 
     def _log_prob(
         self,
@@ -595,9 +595,7 @@ class _AutoregressiveFlow(nnx.Module):
             raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
         shape, context = self._check_sampling(key, sample_shape, context)
         statics = (shape, method, tol, bool(return_iterations), chunk_size)
-        if _eager() and _hashable(statics):
-            return _compiled("_sample", statics, False)(self, key, context)
-        return self._sample(key, context, *statics)
+        return self._call("_sample", statics, key, context)
 
     def _sample(
         self,
@@ -673,10 +671,7 @@ class _AutoregressiveFlow(nnx.Module):
             bad ``chunk_size``.
         """
         shape, context = self._check_sampling(key, sample_shape, context)
-        statics = (shape, chunk_size)
-        if _eager() and _hashable(statics):
-            return _compiled("_sample_and_log_prob", statics, False)(self, key, context)
-        return self._sample_and_log_prob(key, context, shape, chunk_size)
+        return self._call("_sample_and_log_prob", (shape, chunk_size), key, context)
 
     def _sample_and_log_prob(
         self,
