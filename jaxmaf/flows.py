@@ -70,17 +70,19 @@ except ImportError:  # pragma: no cover - a JAX without it: every call runs unco
         return False
 
 
+@functools.cache
 def _modules_are_pytrees() -> bool:
-    """Whether this flax registers NNX modules as JAX pytrees (flax >= 0.11 does)."""
+    """Whether this flax registers NNX modules as JAX pytrees (flax >= 0.11 does).
+
+    Asked on the first eager call, not at import: ``import jaxmaf`` must not start a JAX
+    backend (``jax.distributed.initialize`` has to come first in multi-process runs).
+    """
 
     class Probe(nnx.Module):
         def __init__(self):
             self.w = nnx.Param(jnp.zeros(()))
 
     return len(jax.tree.leaves(Probe())) == 1
-
-
-_PYTREE_MODULES = _modules_are_pytrees()
 
 
 @functools.lru_cache(maxsize=256)
@@ -98,7 +100,7 @@ def _compiled(name: str, statics: tuple, writes_state: bool) -> Callable[..., ob
     def call(module, *arrays):
         return getattr(module, name)(*arrays, *statics)
 
-    return nnx.jit(call) if writes_state or not _PYTREE_MODULES else jax.jit(call)
+    return nnx.jit(call) if writes_state or not _modules_are_pytrees() else jax.jit(call)
 
 
 def _hashable(statics: tuple) -> bool:

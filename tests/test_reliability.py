@@ -460,13 +460,16 @@ def test_version_1_files_still_load_with_their_masks_checked(tmp_path):
         jaxmaf.load(path)
 
 
-def test_core_import_leaves_out_scikit_learn_and_matplotlib():
+def test_core_import_leaves_out_scikit_learn_and_matplotlib_and_starts_no_backend():
+    """``import jaxmaf`` loads neither extra, and starts no JAX backend (so that
+    ``jax.distributed.initialize`` and platform settings can still come after it)."""
     import subprocess
     import sys
 
     code = (
-        "import sys, jaxmaf; "
+        "import sys, jaxmaf; from jax._src import xla_bridge; "
         "loaded = [m for m in ('sklearn', 'matplotlib') if m in sys.modules]; "
+        "loaded += ['a JAX backend'] if getattr(xla_bridge, '_backends', None) else []; "
         "print(loaded); sys.exit(1 if loaded else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
