@@ -80,12 +80,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--quick",
         action="store_true",
-        help="D up to 64 (diagonal alone: 4096), 3 repeats (CI smoke)",
+        help="D up to 32, dense Jacobians to 16 (diagonal alone: 4096), 3 repeats (CI smoke)",
     )
     p.add_argument("--x64", action="store_true", help="float64 (enables jax_enable_x64)")
     args = p.parse_args(argv)
     if args.quick:
-        args.max_dim, args.layer_max_dim, args.diag_max_dim, args.repeats = 64, 64, 4096, 3
+        args.max_dim, args.layer_max_dim, args.diag_max_dim, args.repeats = 32, 16, 4096, 3
         args.budget_s = 0.02
     if not args.min_dim <= args.max_dim <= args.diag_max_dim:
         p.error(

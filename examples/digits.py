@@ -65,13 +65,15 @@ def main(argv=None):
     print(f"JAX backend: {jax.default_backend()}")
     data = datasets.digits(seed=args.seed)
     repeats = 5
-    if args.quick:  # smoke test: a few minibatches and one timing repeat
+    layers, hidden = LAYERS, HIDDEN
+    if args.quick:  # smoke test: a few minibatches, a small flow, one timing repeat
         data = dataclasses.replace(data, train=data.train[:256])
         repeats = 1
+        layers, hidden = 2, (64, 64)
     results = {}
     for name, cls in (("maf", jaxmaf.MAF), ("iaf", jaxmaf.IAF)):
-        flow = cls(DIM, LAYERS, HIDDEN, rngs=nnx.Rngs(args.seed))
-        print(f"training {name.upper()} ({LAYERS} layers, MADE {HIDDEN}) ...")
+        flow = cls(DIM, layers, hidden, rngs=nnx.Rngs(args.seed))
+        print(f"training {name.upper()} ({layers} layers, MADE {hidden}) ...")
         t0 = time.perf_counter()
         budget = epochs if name == "maf" else min(epochs, IAF_EPOCHS)
         history = jaxmaf.fit(
