@@ -50,7 +50,7 @@ from flax import nnx
 
 import jaxmaf
 from jaxmaf import datasets
-from jaxmaf.made import uniform_fan_in
+from jaxmaf.masked_linear import uniform_fan_in
 
 SUITE = (
     "circles",
@@ -119,6 +119,15 @@ def uniform_init(flow, seed):
         layer.bias[...] = _uniform(layer, k2, layer.bias.shape)
 
 
+def uniform_output(flow, seed):
+    """Output layer U(+-1/sqrt(fan_in)) (flowjax's); hidden layers unchanged."""
+    key = jax.random.key(2000 + seed)
+    for made in flow.layers:
+        key, k1, k2 = jax.random.split(key, 3)
+        made.output.kernel[...] = _uniform(made.output, k1, made.output.kernel.shape)
+        made.output.bias[...] = _uniform(made.output, k2, made.output.bias.shape)
+
+
 def _uniform(layer, key, shape):
     """U(+-1/sqrt(fan_in)) of the layer's full fan-in (the MADE's own hidden-bias initializer)."""
     return uniform_fan_in(layer.kernel.shape[0])(key, shape, layer.kernel.dtype)
@@ -177,6 +186,18 @@ VARIANTS: dict[str, tuple] = {
     "uniform_init": (
         "flowjax's init: U(+-1/sqrt(fan_in)) weights and biases",
         {},
+        {},
+        uniform_init,
+    ),
+    "output_uniform": (
+        "output layer U(+-1/sqrt(fan_in)), hidden layers as the defaults",
+        {},
+        {},
+        uniform_output,
+    ),
+    "flowjax_init": (
+        "flowjax's init and its minimum scale 1e-2",
+        {"transformer": jaxmaf.Affine(min_scale=1e-2)},
         {},
         uniform_init,
     ),

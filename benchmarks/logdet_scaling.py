@@ -138,7 +138,7 @@ def main(argv=None):
     import jaxmaf
 
     os.makedirs(args.out, exist_ok=True)
-    dtype = jaxmaf.made.default_dtype()
+    dtype = jaxmaf.validation.default_dtype()
     dev = jax.devices()[0]
     print(
         f"backend: {jax.default_backend()} ({dev.device_kind}); dtype {dtype.name}; "

@@ -9,12 +9,20 @@ Examples:
 """
 
 from jaxmaf import masks
+from jaxmaf.activations import ACTIVATIONS, get_activation
+from jaxmaf.bases import MixtureOfGaussians, StandardNormal, standard_normal_log_prob
 from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
-from jaxmaf.flows import IAF, MAF, FlowConfig, standard_normal_log_prob
+from jaxmaf.config import FlowConfig
+from jaxmaf.ensemble import fit_ensemble
+from jaxmaf.epochs import check_data
+from jaxmaf.flow import Flow
+from jaxmaf.flows import IAF, MAF
+from jaxmaf.history import History
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
-from jaxmaf.made import ACTIVATIONS, MADE, MaskedLinear, get_activation
+from jaxmaf.made import MADE
+from jaxmaf.masked_linear import MaskedLinear
 from jaxmaf.serialization import load, save
-from jaxmaf.training import History, check_data, fit, fit_ensemble
+from jaxmaf.training import fit
 from jaxmaf.transformers import Affine, Spline
 
 __version__ = "0.1.0"
@@ -26,12 +34,15 @@ __all__ = [
     "MAF",
     "Affine",
     "BatchNorm",
+    "Flow",
     "FlowConfig",
     "History",
     "MaskedAutoregressive",
     "MaskedLinear",
+    "MixtureOfGaussians",
     "Permute",
     "Spline",
+    "StandardNormal",
     "check_data",
     "dense_jacobian",
     "dense_log_det",

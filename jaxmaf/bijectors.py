@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.made import check_event
 from jaxmaf.masks import check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
 from jaxmaf.validation import (
+    check_event,
     check_float,
     check_int,
     check_param_dtype,

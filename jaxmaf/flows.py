@@ -1,10 +1,7 @@
-"""MAF and IAF: stacks of MADE-conditioned autoregressive layers as NNX modules."""
+"""MAF and IAF: stacks of MADE-conditioned autoregressive layers over a base distribution."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -14,146 +11,37 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.bijectors import SEQUENTIAL_METHODS, BatchNorm, MaskedAutoregressive, Permute
-from jaxmaf.made import (
-    MADE,
-    check_context,
-    check_event,
-    check_hidden_dims,
-    get_activation,
-    host_seed,
-)
+from jaxmaf.activations import get_activation
+from jaxmaf.bases import BASES, make_base
+from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
+from jaxmaf.config import FlowConfig
+from jaxmaf.flow import Flow
+from jaxmaf.made import MADE
 from jaxmaf.masks import HIDDEN_DEGREES, check_permutation
-from jaxmaf.transformers import TRANSFORMERS, Transformer, get_transformer
+from jaxmaf.transformers import Transformer, get_transformer
 from jaxmaf.validation import (
     check_choice,
+    check_context,
     check_float,
+    check_hidden_dims,
     check_int,
-    check_key,
     check_param_dtype,
     check_rngs,
     constructor_signature,
+    host_seed,
 )
 
 Array = jax.Array
 PERMUTATIONS = ("auto", "reverse", "random", "none")
-BASES = ("gaussian", "mog")
 
 
-def _map_chunks(fn: Callable[..., Array], arrays: Sequence[Array], chunk: int) -> Array:
-    """``fn(*arrays)`` computed ``chunk`` rows at a time (``lax.map``); rows are axis 0.
+class _AutoregressiveFlow(Flow):
+    """MAF and IAF: MADE-conditioned layers, the permutations between them, a base.
 
-    The last chunk is padded with zeros, and the padded rows are dropped from
-    the result (every row is computed independently of the others).
+    Builds the layers from the constructor arguments (see :class:`MAF`) and
+    chains them into :meth:`bijector`; density, sampling and chunking are
+    :class:`jaxmaf.flow.Flow`'s.
     """
-    n = arrays[0].shape[0]
-    pad = (-n) % chunk
-    blocks = [
-        jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((-1, chunk) + a.shape[1:])
-        for a in arrays
-    ]
-    out = jax.lax.map(lambda args: fn(*args), blocks)
-    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
-
-
-def standard_normal_log_prob(u: Array) -> Array:
-    """Log-density of a standard normal over the last axis: ``(..., D) -> (...)``."""
-    dim = u.shape[-1]
-    return -0.5 * jnp.sum(jnp.square(u), axis=-1) - 0.5 * dim * math.log(2 * math.pi)
-
-
-try:  # JAX's own test of "no transformation is tracing now" (private, hence the fallback)
-    from jax._src.core import trace_state_clean as _eager
-except ImportError:  # pragma: no cover - a JAX without it: every call runs uncompiled
-
-    def _eager() -> bool:
-        return False
-
-
-@functools.cache
-def _modules_are_pytrees() -> bool:
-    """Whether this flax registers NNX modules as JAX pytrees (flax >= 0.11 does).
-
-    Asked on the first eager call, not at import: ``import jaxmaf`` must not start a JAX
-    backend (``jax.distributed.initialize`` has to come first in multi-process runs).
-    """
-
-    class Probe(nnx.Module):
-        def __init__(self):
-            self.w = nnx.Param(jnp.zeros(()))
-
-    return len(jax.tree.leaves(Probe())) == 1
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(name: str, statics: tuple, writes_state: bool) -> Callable[..., object]:
-    """A compiled ``module.<name>(*arrays, *statics)``, one per method and static arguments.
-
-    The module is an argument, not a constant: a parameter update reuses the program, and
-    its structure (graph definition, static attributes such as batch norm's mode) is part
-    of the cache key, so a structural change compiles anew instead of running a stale
-    program. Read-only calls pass the module as a pytree to ``jax.jit`` (0.15 ms of Python
-    per call for a 4-layer flow); :meth:`update_batch_stats`, the one call that writes state,
-    goes through ``nnx.jit``, which writes it back (1.6 ms of graph traversal).
-    """
-
-    def call(module, *arrays):
-        return getattr(module, name)(*arrays, *statics)
-
-    return nnx.jit(call) if writes_state or not _modules_are_pytrees() else jax.jit(call)
-
-
-def _hashable(statics: tuple) -> bool:
-    try:
-        hash(statics)
-    except TypeError:
-        return False
-    return True
-
-
-@dataclasses.dataclass(frozen=True)
-class FlowConfig:
-    """The constructor arguments that rebuild a flow (saved by :func:`jaxmaf.save`).
-
-    Random permutations are recorded explicitly; ``activation`` is None when
-    it was given as a callable (such a flow cannot be saved by name).
-    """
-
-    dim: int
-    num_layers: int
-    hidden_dims: tuple[int, ...]
-    activation: str | None
-    context_dim: int
-    permutation: tuple[tuple[int, ...], ...]
-    hidden_degrees: str
-    transformer: Transformer
-    output_init_scale: float
-    param_dtype: str
-    residual: bool = False
-    base: str = "gaussian"
-    num_components: int = 1
-    batch_norm: bool = False
-    mask_seed: int | None = None
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
-        names = {v: k for k, v in TRANSFORMERS.items()}
-        if type(self.transformer) not in names:
-            raise ValueError(
-                f"This flow's transformer, a {type(self.transformer).__name__}, is not one of the "
-                f"built-in {sorted(TRANSFORMERS)} that a file can name: keep its parameters with "
-                "nnx.state(flow) and rebuild the flow with the same constructor instead."
-            )
-        d = dataclasses.asdict(self)
-        name = names[type(self.transformer)]
-        d["transformer"] = {"name": name, **dataclasses.asdict(self.transformer)}
-        d["permutation"] = [list(p) for p in self.permutation]
-        d["hidden_dims"] = list(self.hidden_dims)
-        return d
-
-
-class _AutoregressiveFlow(nnx.Module):
-    """Shared machinery of :class:`MAF` and :class:`IAF` (see their docstrings)."""
 
     inverted: ClassVar[bool] = False
 
@@ -244,14 +132,8 @@ class _AutoregressiveFlow(nnx.Module):
             if batch_norm
             else []
         )
-        self.base = base
-        if base == "mog":  # the MAF paper's MAF MoG: a learnable mixture of diagonal Gaussians
-            k = int(num_components)
-            self.base_logits = nnx.Param(jnp.zeros((k,), self.param_dtype))
-            self.base_means = nnx.Param(
-                jax.random.normal(rngs.params(), (k, dim), self.param_dtype)
-            )
-            self.base_log_scales = nnx.Param(jnp.zeros((k, dim), self.param_dtype))
+        # built last, so that the layers' initial values do not depend on the base
+        self.base = make_base(base, dim, num_components, self.param_dtype, rngs)
 
     def _make_permutations(
         self, permutation: str | Sequence[Sequence[int]], rngs: nnx.Rngs, mask_seed: int | None
@@ -325,394 +207,6 @@ class _AutoregressiveFlow(nnx.Module):
                     parts.append(self.batch_norms[k].bijector(update_batch_stats))
                 parts.append(Permute(self.permutations[k]))
         return parts[0] if len(parts) == 1 else distrax.Chain(parts[::-1])
-
-    def base_distribution(self) -> distrax.Distribution:
-        """The base distribution with event shape ``(dim,)``.
-
-        A standard normal, or for ``base="mog"`` the learnable mixture of
-        diagonal Gaussians (``distrax.MixtureSameFamily``).
-        """
-        if self.base == "mog":
-            return distrax.MixtureSameFamily(
-                distrax.Categorical(logits=self.base_logits[...]),
-                distrax.MultivariateNormalDiag(
-                    self.base_means[...], jnp.exp(self.base_log_scales[...])
-                ),
-            )
-        zeros = jnp.zeros((self.dim,), self.param_dtype)
-        return distrax.MultivariateNormalDiag(zeros, jnp.ones_like(zeros))
-
-    def base_log_prob(self, u: Array) -> Array:
-        """Log-density of the base distribution: ``(..., dim) -> (...)``."""
-        if self.base != "mog":
-            return standard_normal_log_prob(u)
-        log_w = jax.nn.log_softmax(self.base_logits[...])
-        ls = self.base_log_scales[...]
-        z = (u[..., None, :] - self.base_means[...]) * jnp.exp(-ls)
-        comp = standard_normal_log_prob(z) - jnp.sum(ls, axis=-1)
-        return jax.scipy.special.logsumexp(comp + log_w, axis=-1)
-
-    def distribution(self, context: Array | None = None) -> distrax.Distribution:
-        """The flow as ``distrax.Transformed(standard normal, self.bijector(context))``.
-
-        Args:
-          context: ``(context_dim,)`` for a conditional flow (a batch of
-            contexts gives a batch of bijectors: prefer the flow's own
-            ``log_prob``/``sample`` for batched contexts), else None.
-
-        Returns:
-          a :class:`distrax.Transformed` with event shape ``(dim,)``.
-
-        Raises:
-          ValueError: as :meth:`bijector`.
-        """
-        return distrax.Transformed(self.base_distribution(), self.bijector(context))
-
-    # ------------------------------------------------------------------ chunking
-    def chunk_rows(self, chunk_size: int | None, rows: int) -> int | None:
-        """Validates ``chunk_size`` for a batch of ``rows`` points; None means run whole.
-
-        Evaluating a batch ``chunk_size`` points at a time (``lax.map``) bounds
-        the memory of the MADE activations by the chunk instead of the batch
-        (a 64-d flow with 512-wide MADEs holds 2 KiB per point and hidden
-        layer in float32: 2 GiB for a million points). Every point is
-        computed independently, so the result equals the whole-batch one up
-        to floating-point rounding. Speed on a 2-core CPU, 10k points: no
-        measurable change (235 ms either way, interleaved medians).
-
-        Args:
-          chunk_size: points per chunk (>= 1), or None for the whole batch.
-          rows: number of points in the batch.
-
-        Returns:
-          the points per chunk, or None when the batch fits in one chunk.
-
-        Raises:
-          ValueError: ``chunk_size`` neither None nor an int >= 1; a chunk
-            size on a flow whose batch norm is in train mode (its statistics
-            are over the whole batch: call ``flow.eval()`` first).
-
-        Examples:
-          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
-          >>> flow.chunk_rows(1024, 10_000), flow.chunk_rows(1024, 500)
-          (1024, None)
-        """
-        if chunk_size is None:
-            return None
-        if (
-            isinstance(chunk_size, bool)
-            or not isinstance(chunk_size, int | np.integer)
-            or (chunk_size < 1)
-        ):
-            raise ValueError(f"Expected chunk_size None or an int >= 1, got {chunk_size!r}.")
-        if any(not bn.use_running_average for bn in self.batch_norms):
-            raise ValueError(
-                "chunk_size splits the batch, but this flow's batch norm is in train mode "
-                "(statistics over the whole batch): call flow.eval() first or pass "
-                "chunk_size=None."
-            )
-        return int(chunk_size) if rows > chunk_size else None
-
-    def _chunked(
-        self,
-        fn: Callable[..., Array],
-        x: Array,
-        context: Array | None,
-        chunk_size: int | None,
-    ):
-        """``fn(x, context)`` over the batch axes of ``x (..., D)``, chunked per ``chunk_rows``."""
-        batch = x.shape[:-1]
-        if context is not None:
-            batch = jnp.broadcast_shapes(batch, jnp.shape(context)[:-1])
-        chunk = self.chunk_rows(chunk_size, math.prod(batch))
-        if chunk is None:
-            return fn(x, context)
-        flat = [jnp.broadcast_to(x, batch + x.shape[-1:]).reshape(-1, x.shape[-1])]
-        if context is None:
-            fn = functools.partial(fn, context=None)
-        else:
-            width = jnp.shape(context)[-1]
-            flat.append(jnp.broadcast_to(context, batch + (width,)).reshape(-1, width))
-        out = _map_chunks(fn, flat, chunk)
-        return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
-
-    def _call(self, name: str, statics: tuple, *arrays, writes_state: bool = False):
-        """``self.<name>(*arrays, *statics)``: compiled and cached when called eagerly."""
-        if _eager() and _hashable(statics):
-            return _compiled(name, statics, writes_state)(self, *arrays)
-        return getattr(self, name)(*arrays, *statics)
-
-    def _density_inputs(self, x: Array, context: Array | None) -> tuple[Array, Array | None]:
-        """Checks ``x`` and ``context`` against the flow and makes them arrays."""
-        check_event(x, self.dim, "x")
-        check_context(context, self.context_dim)
-        return jnp.asarray(x), None if context is None else jnp.asarray(context)
-
-    # ------------------------------------------------------------------ density
-    def log_prob(
-        self,
-        x: Array,
-        context: Array | None = None,
-        *,
-        method: str = "exact",
-        tol: float = 0.0,
-        chunk_size: int | None = None,
-    ) -> Array:
-        """Log-density of ``x``.
-
-        Args:
-          x: points of shape ``(..., dim)``.
-          context: ``(..., context_dim)`` for a conditional flow (batch
-            dimensions broadcast with those of ``x``), else None.
-          method: for an IAF (sequential density), ``"exact"`` or
-            ``"jacobi"``; a MAF's density is one pass either way.
-          tol: Jacobi stopping threshold.
-          chunk_size: evaluate the batch this many points at a time, which
-            bounds memory (see :meth:`chunk_rows`); None: all at once.
-
-        Returns:
-          log-densities of shape ``broadcast(...)``. Points so far out that the
-          computation overflows (``|x|`` around ``1e19`` in float32, or
-          infinite) get ``-inf`` (density 0 in floating point); NaN comes out
-          only where NaN went in (in ``x``, the context or the parameters).
-
-        Raises:
-          ValueError: wrong event dimension of ``x``; context missing,
-            unexpected, or of the wrong width; a bad ``chunk_size``.
-
-        Examples:
-          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
-          >>> flow.log_prob(jnp.zeros((10, 2))).shape
-          (10,)
-        """
-        x, context = self._density_inputs(x, context)
-        return self._call("_log_prob", (method, tol, chunk_size, False), x, context)
-
-    def update_batch_stats(self, x: Array, context: Array | None = None) -> Array:
-        """Log-density of a training batch, moving batch norm's running averages towards it.
-
-        The one call that changes a flow's statistics (``log_prob`` and
-        ``sample`` never do): in train mode each batch norm normalises ``x``
-        with the batch's statistics and moves its running averages by
-        ``1 - momentum`` towards them. :func:`jaxmaf.fit` calls it on every
-        minibatch. In eval mode, or without batch norm, it is ``log_prob``.
-
-        Args:
-          x: a batch ``(..., dim)``.
-          context: ``(..., context_dim)`` for a conditional flow, else None.
-
-        Returns:
-          log-densities ``(...)`` under the batch's statistics.
-
-        Raises:
-          ValueError: as :meth:`log_prob`.
-
-        Examples:
-          >>> flow = jaxmaf.MAF(2, 2, (8,), batch_norm=True, rngs=nnx.Rngs(0))
-          >>> x = 3.0 + jax.random.normal(jax.random.key(0), (64, 2))
-          >>> _ = flow.log_prob(x); float(flow.batch_norms[0].mean[0])  # unchanged
-          0.0
-          >>> _ = flow.update_batch_stats(x); float(flow.batch_norms[0].mean[0]) > 0
-          True
-        """
-        x, context = self._density_inputs(x, context)
-        writes = any(not bn.use_running_average for bn in self.batch_norms)
-        return self._call("_log_prob", ("exact", 0.0, None, True), x, context, writes_state=writes)
-
-    def _log_prob(
-        self,
-        x: Array,
-        context: Array | None,
-        method: str,
-        tol: float,
-        chunk_size: int | None,
-        update_batch_stats: bool,
-    ) -> Array:
-        def log_prob(x, context):
-            bijector = self.bijector(
-                context, method=method, tol=tol, update_batch_stats=update_batch_stats
-            )
-            u, log_det = bijector.inverse_and_log_det(x)
-            lp = self.base_log_prob(u) + log_det
-            # Far out (|x| ~ 1e19 and beyond in float32) the conditioner overflows and
-            # inf - inf or 0 * inf gives NaN where the density has underflowed to 0.
-            # NaN stays NaN where it came in: from x, the context or the parameters.
-            nan_in = jnp.isnan(x).any(-1)
-            if context is not None:
-                nan_in = nan_in | jnp.isnan(context).any(-1)
-            for leaf in jax.tree.leaves(nnx.state(self, nnx.Param)):
-                nan_in = nan_in | jnp.isnan(leaf).any()
-            return jnp.where(jnp.isnan(lp) & ~nan_in, -jnp.inf, lp)
-
-        return self._chunked(log_prob, x, context, chunk_size)
-
-    def sample(
-        self,
-        key: Array,
-        sample_shape: Sequence[int] | int = (),
-        context: Array | None = None,
-        *,
-        method: str = "exact",
-        tol: float = 0.0,
-        return_iterations: bool = False,
-        chunk_size: int | None = None,
-    ) -> Array | tuple[Array, Array]:
-        """Draws samples.
-
-        Args:
-          key: a JAX PRNG key.
-          sample_shape: leading shape of the samples.
-          context: ``(..., context_dim)`` for a conditional flow, else None.
-          method: for a MAF (sequential sampling): ``"exact"`` (D passes per
-            layer) or ``"jacobi"`` (fixed-point iteration, at most D passes,
-            stopping when the largest update is at most ``tol``; ``tol=0``
-            gives the exact samples up to floating-point rounding). An IAF
-            samples in one pass either way.
-          tol: Jacobi stopping threshold (>= 0).
-          return_iterations: also return the conditioner passes used by each
-            layer, an int array ``(num_layers,)`` (base side first; with
-            chunking, the most any chunk used).
-          chunk_size: transform the noise this many points at a time, which
-            bounds memory (see :meth:`chunk_rows`); the noise is drawn for
-            the whole batch first, so the samples do not depend on it.
-
-        Returns:
-          samples of shape ``sample_shape + context.shape[:-1] + (dim,)``
-          (and the iterations, with ``return_iterations``).
-
-        Raises:
-          ValueError: context missing, unexpected, or of the wrong width;
-            unknown method; a bad ``chunk_size``.
-
-        Examples:
-          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
-          >>> flow.sample(jax.random.key(0), (100,)).shape
-          (100, 2)
-          >>> x, iters = flow.sample(jax.random.key(1), (100,), method="jacobi",
-          ...                        return_iterations=True)
-          >>> x.shape, iters.shape
-          ((100, 2), (4,))
-        """
-        if method not in SEQUENTIAL_METHODS:
-            raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
-        shape, context = self._check_sampling(key, sample_shape, context)
-        statics = (shape, method, tol, bool(return_iterations), chunk_size)
-        return self._call("_sample", statics, key, context)
-
-    def _sample(
-        self,
-        key: Array,
-        context: Array | None,
-        shape: tuple[int, ...],
-        method: str,
-        tol: float,
-        return_iterations: bool,
-        chunk_size: int | None,
-    ) -> Array | tuple[Array, Array]:
-        u = self._base_noise(key, shape, context)
-        if not return_iterations:
-            return self._chunked(
-                lambda u, context: self.bijector(context, method=method, tol=tol).forward(u),
-                u,
-                context,
-                chunk_size,
-            )
-
-        def with_iterations(u, context):  # the iterations repeated per row, to chunk alike
-            x, iterations = self._forward_counting(u, context, method, tol)
-            return x, jnp.broadcast_to(iterations, u.shape[:-1] + iterations.shape)
-
-        x, iterations = self._chunked(with_iterations, u, context, chunk_size)
-        return x, iterations.reshape(-1, iterations.shape[-1]).max(axis=0)
-
-    def _forward_counting(
-        self, u: Array, context: Array | None, method: str, tol: float
-    ) -> tuple[Array, Array]:
-        """Sampling-direction map and the conditioner passes of each layer (base side first)."""
-        bijector = self.bijector(context, method=method, tol=tol)
-        parts = bijector.bijectors[::-1] if isinstance(bijector, distrax.Chain) else [bijector]
-        iterations = []
-        for part in parts:
-            if isinstance(part, MaskedAutoregressive):
-                if method == "jacobi":
-                    u, n = part.forward_jacobi(u, tol)
-                else:
-                    u, n = part.forward(u), jnp.asarray(self.dim, jnp.int32)
-                iterations.append(n)
-            else:
-                u = part.forward(u)
-                if isinstance(part, distrax.Inverse):
-                    iterations.append(jnp.asarray(1, jnp.int32))
-        return u, jnp.stack(iterations)
-
-    def sample_and_log_prob(
-        self,
-        key: Array,
-        sample_shape: Sequence[int] | int = (),
-        context: Array | None = None,
-        *,
-        chunk_size: int | None = None,
-    ) -> tuple[Array, Array]:
-        """Samples and their log-densities in the sampling direction only.
-
-        For an IAF this is one pass per layer (no sequential inverse), the
-        quantity variational inference needs.
-
-        Args:
-          key: a JAX PRNG key.
-          sample_shape: leading shape of the samples.
-          context: ``(..., context_dim)`` for a conditional flow, else None.
-          chunk_size: as in :meth:`sample`.
-
-        Returns:
-          ``(samples, log_probs)`` of shapes ``S + (dim,)`` and ``S`` with
-          ``S = sample_shape + context.shape[:-1]``.
-
-        Raises:
-          ValueError: context missing, unexpected, or of the wrong width; a
-            bad ``chunk_size``.
-        """
-        shape, context = self._check_sampling(key, sample_shape, context)
-        return self._call("_sample_and_log_prob", (shape, chunk_size), key, context)
-
-    def _sample_and_log_prob(
-        self,
-        key: Array,
-        context: Array | None,
-        shape: tuple[int, ...],
-        chunk_size: int | None,
-    ) -> tuple[Array, Array]:
-        u = self._base_noise(key, shape, context)
-
-        def sample_and_log_prob(u, context):
-            x, log_det = self.bijector(context).forward_and_log_det(u)
-            return x, self.base_log_prob(u) - log_det
-
-        return self._chunked(sample_and_log_prob, u, context, chunk_size)
-
-    def _check_sampling(
-        self, key: Array, sample_shape: Sequence[int] | int, context: Array | None
-    ) -> tuple[tuple[int, ...], Array | None]:
-        """Checks a sampling call's arguments; returns the sample shape as a tuple of ints."""
-        check_context(context, self.context_dim)
-        check_key(key)
-        if isinstance(sample_shape, int | np.integer):
-            shape = (sample_shape,)
-        elif isinstance(sample_shape, Sequence | np.ndarray):
-            shape = tuple(sample_shape)
-        else:
-            shape = (None,)  # refused below
-        if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0 for n in shape):
-            raise ValueError(
-                f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
-            )
-        return tuple(int(n) for n in shape), None if context is None else jnp.asarray(context)
-
-    def _base_noise(self, key: Array, shape: tuple[int, ...], context: Array | None) -> Array:
-        batch = () if context is None else tuple(jnp.shape(context)[:-1])
-        if self.base == "mog":
-            return self.base_distribution().sample(seed=key, sample_shape=shape + batch)
-        return jax.random.normal(key, shape + batch + (self.dim,), self.param_dtype)
 
 
 @constructor_signature

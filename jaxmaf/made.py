@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,263 +10,31 @@ import numpy as np
 from flax import nnx
 
 from jaxmaf import masks as masks_lib
+from jaxmaf.activations import ACTIVATIONS, get_activation
+from jaxmaf.masked_linear import Constant, MaskedLinear, uniform_fan_in
 from jaxmaf.validation import (
+    check_context,
+    check_event,
     check_float,
+    check_hidden_dims,
     check_int,
     check_param_dtype,
     check_rngs,
     constructor_signature,
+    host_seed,
 )
 
 Array = jax.Array
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "elu": jax.nn.elu,
-    "celu": jax.nn.celu,
-    "selu": jax.nn.selu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "softplus": jax.nn.softplus,
-    "leaky_relu": jax.nn.leaky_relu,
-    "log_sigmoid": jax.nn.log_sigmoid,
-    "identity": lambda x: x,
-}
-
-
-def get_activation(activation: str | Callable[[Array], Array]) -> Callable[[Array], Array]:
-    """Resolves an activation given by name or as a callable.
-
-    Args:
-      activation: a name from :data:`ACTIVATIONS` (``"relu"``, ``"sigmoid"``,
-        ``"tanh"``, ``"gelu"``, ``"elu"``, ``"silu"``, ...) or any callable
-        mapping an array to an array of the same shape.
-
-    Returns:
-      the activation function.
-
-    Raises:
-      ValueError: an unknown name, or neither a string nor a callable.
-
-    Examples:
-      >>> get_activation("tanh") is jnp.tanh
-      True
-    """
-    if isinstance(activation, str):
-        try:
-            return ACTIVATIONS[activation]
-        except KeyError:
-            raise ValueError(
-                f"Unknown activation {activation!r}: expected one of {sorted(ACTIVATIONS)} "
-                "or a callable."
-            ) from None
-    if callable(activation):
-        return activation
-    raise ValueError(f"Expected an activation name or a callable, got {activation!r}.")
-
-
-def check_hidden_dims(hidden_dims: Any) -> tuple[int, ...]:
-    """A sequence of hidden widths, each an integer >= 1 (an empty sequence is allowed).
-
-    Args:
-      hidden_dims: what the caller passed.
-
-    Returns:
-      the widths as a tuple of Python ints.
-
-    Raises:
-      ValueError: a single int, not a sequence, or an entry that is not an integer >= 1.
-
-    Examples:
-      >>> check_hidden_dims([64, np.int64(64)])
-      (64, 64)
-    """
-    if isinstance(hidden_dims, str) or not isinstance(hidden_dims, Sequence | np.ndarray):
-        raise ValueError(
-            f"Expected hidden_dims to be a sequence of integers >= 1 (e.g. (64, 64)), got "
-            f"{hidden_dims!r}."
-        )
-    try:
-        return tuple(check_int("hidden_dims entry", h, minimum=1) for h in hidden_dims)
-    except ValueError:
-        raise ValueError(
-            f"Expected every hidden_dims entry to be an integer >= 1, got {hidden_dims!r}."
-        ) from None
-
-
-def host_seed(rngs: nnx.Rngs) -> int:
-    """A numpy seed drawn from ``rngs`` (a device value pulled to the host: not under tracing).
-
-    Args:
-      rngs: NNX random streams (``params`` is used).
-
-    Returns:
-      an int in ``[0, 2**31 - 1)``.
-
-    Raises:
-      ValueError: ``rngs`` is abstract (under ``jit`` or ``eval_shape``): pass a
-        ``mask_seed`` instead.
-
-    Examples:
-      >>> 0 <= host_seed(nnx.Rngs(0)) < 2**31 - 1
-      True
-    """
-    try:
-        return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as e:
-        raise ValueError(
-            "A random order, permutation or hidden-degree rule draws its numpy seed from rngs, "
-            "which is abstract here (under jit or eval_shape): pass mask_seed=<int> to fix the "
-            "masks without a device value."
-        ) from e
-
-
-def default_dtype() -> jnp.dtype:
-    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
-    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
-
-
-class Constant:
-    """A hashable, read-only numpy array kept out of a module's state.
-
-    Masks are compile-time constants of the program (not parameters and not
-    state that jit would take as an input); NNX keeps non-array attributes in
-    the graph definition, which must be hashable.
-    """
-
-    __slots__ = ("array", "_hash")
-
-    def __init__(self, array: np.ndarray):
-        array = np.array(array)
-        array.setflags(write=False)
-        self.array = array
-        self._hash = hash((array.shape, array.dtype.str, array.tobytes()))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Constant)
-            and self._hash == other._hash
-            and np.array_equal(self.array, other.array)
-        )
-
-    def __repr__(self) -> str:
-        return f"Constant(shape={self.array.shape}, dtype={self.array.dtype})"
-
-
-def uniform_fan_in(fan_in: int) -> Callable[[Array, tuple[int, ...], jnp.dtype], Array]:
-    """An initializer drawing from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
-
-    PyTorch's and equinox's default for biases; MADE uses it for its hidden
-    biases. With zero biases every ReLU unit of a MADE has its kink on a
-    hyperplane through the origin (in 2-d: the whole conditioner is
-    piecewise linear with one kink, at 0), and training has to move the
-    kinks out from there first; random biases spread them over the data
-    from the start (measured in ``benchmarks/accuracy.py``: 0.29 nats lower
-    test NLL on average over its 8 data sets at equal budget, up to 0.8 in 2-d).
-
-    Args:
-      fan_in: the number of inputs of the layer (>= 1).
-
-    Returns:
-      an initializer ``(key, shape, dtype) -> Array``.
-
-    Examples:
-      >>> b = uniform_fan_in(4)(jax.random.key(0), (1000,), jnp.float32)
-      >>> bool(jnp.all(jnp.abs(b) <= 0.5)), b.dtype
-      (True, dtype('float32'))
-    """
-    limit = 1.0 / np.sqrt(max(int(fan_in), 1))
-
-    def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
-        return jax.random.uniform(key, shape, dtype, -limit, limit)
-
-    return init
-
-
-@constructor_signature
-class MaskedLinear(nnx.Module):
-    """A dense layer whose kernel is multiplied by a fixed binary mask.
-
-    ``y = x @ (kernel * mask) + bias``; the mask is a constant of the program.
-
-    Args:
-      mask: boolean array ``(in_features, out_features)``.
-      use_bias: whether to add a bias.
-      kernel_init: initializer of the kernel (applied before masking;
-        default LeCun normal).
-      bias_init: initializer of the bias (default zeros).
-      param_dtype: dtype of the parameters (default: float64 under
-        ``jax_enable_x64``, else float32).
-      rngs: NNX random streams (``params`` is used).
-
-    Examples:
-      >>> layer = MaskedLinear(np.tril(np.ones((3, 3), bool)), rngs=nnx.Rngs(0))
-      >>> layer(jnp.ones(3)).shape
-      (3,)
-    """
-
-    def __init__(
-        self,
-        mask: np.ndarray,
-        *,
-        use_bias: bool = True,
-        kernel_init: Callable | None = None,
-        bias_init: Callable | None = None,
-        param_dtype: jnp.dtype | None = None,
-        rngs: nnx.Rngs,
-    ):
-        mask = np.asarray(mask, dtype=bool)
-        if mask.ndim != 2:
-            raise ValueError(f"Expected a 2-D mask (in, out), got shape {mask.shape}.")
-        check_rngs(rngs)
-        fan_in, fan_out = mask.shape
-        dtype = check_param_dtype(param_dtype)
-        kernel_init = kernel_init or nnx.initializers.lecun_normal()
-        self.in_features, self.out_features = fan_in, fan_out
-        self.mask = Constant(mask)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (fan_in, fan_out), dtype))
-        if not use_bias:
-            self.bias = None
-        elif bias_init is None:
-            self.bias = nnx.Param(jnp.zeros((fan_out,), dtype))
-        else:
-            self.bias = nnx.Param(bias_init(rngs.params(), (fan_out,), dtype))
-
-    def masked_kernel(self) -> Array:
-        """The effective kernel ``kernel * mask``, shape ``(in, out)``."""
-        kernel = self.kernel[...]
-        return kernel * jnp.asarray(self.mask.array, kernel.dtype)
-
-    def __call__(self, x: Array) -> Array:
-        """Applies the layer to ``x`` of shape ``(..., in)``; returns ``(..., out)``."""
-        y = x @ self.masked_kernel()
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
-
-    def columns(self, x: Array, start: Array | int, size: int) -> Array:
-        """Outputs ``start .. start + size - 1`` alone: ``self(x)[..., start:start + size]``.
-
-        Args:
-          x: inputs ``(..., in)``.
-          start: first output column (may be traced).
-          size: number of columns (static).
-
-        Returns:
-          ``(..., size)``, computed from those columns of the kernel only.
-        """
-        kernel = jax.lax.dynamic_slice_in_dim(self.kernel[...], start, size, axis=1)
-        mask = jax.lax.dynamic_slice_in_dim(jnp.asarray(self.mask.array), start, size, axis=1)
-        y = x @ (kernel * mask.astype(kernel.dtype))
-        if self.bias is not None:
-            y = y + jax.lax.dynamic_slice_in_dim(self.bias[...], start, size)
-        return y
+__all__ = [
+    "ACTIVATIONS",
+    "MADE",
+    "BoundMADE",
+    "Constant",
+    "MaskedLinear",
+    "get_activation",
+    "uniform_fan_in",
+]
 
 
 @constructor_signature
@@ -508,32 +275,3 @@ class BoundMADE:
     def params_at(self, x: Array, index: Array | int) -> Array:
         """``made.params_at(x, index, context)``: ``(..., params_per_dim)``."""
         return self.made.params_at(x, index, self.context)
-
-
-def check_event(x: Array, dim: int, name: str = "x") -> None:
-    """Raises ValueError unless ``x`` is real (or integer) with shape ``(..., dim)``."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = np.asarray(x)  # a list or a scalar
-    shape = tuple(x.shape)
-    if len(shape) < 1 or shape[-1] != dim:
-        raise ValueError(f"Expected {name} of shape (..., {dim}), got shape {shape}.")
-    dtype = x.dtype
-    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        raise ValueError(f"Expected real {name}, got dtype {dtype}.")
-
-
-def check_context(context: Array | None, context_dim: int) -> None:
-    """Raises ValueError unless ``context`` matches a flow's ``context_dim``."""
-    if context_dim == 0:
-        if context is not None:
-            raise ValueError(
-                "Got a context, but this model is unconditional (context_dim=0); "
-                "build it with context_dim=... to condition on one."
-            )
-        return
-    if context is None:
-        raise ValueError(
-            f"This model is conditional (context_dim={context_dim}) and needs "
-            f"context= of shape (..., {context_dim}); got None."
-        )
-    check_event(context, context_dim, "context")

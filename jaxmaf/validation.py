@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -229,3 +230,99 @@ def constructor_signature(cls: type) -> type:
     sig = inspect.signature(cls.__init__)
     cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
     return cls
+
+
+def check_hidden_dims(hidden_dims: Any) -> tuple[int, ...]:
+    """A sequence of hidden widths, each an integer >= 1 (an empty sequence is allowed).
+
+    Args:
+      hidden_dims: what the caller passed.
+
+    Returns:
+      the widths as a tuple of Python ints.
+
+    Raises:
+      ValueError: a single int, not a sequence, or an entry that is not an integer >= 1.
+
+    Examples:
+      >>> check_hidden_dims([64, np.int64(64)])
+      (64, 64)
+    """
+    if isinstance(hidden_dims, str) or not isinstance(hidden_dims, Sequence | np.ndarray):
+        raise ValueError(
+            f"Expected hidden_dims to be a sequence of integers >= 1 (e.g. (64, 64)), got "
+            f"{hidden_dims!r}."
+        )
+    try:
+        return tuple(check_int("hidden_dims entry", h, minimum=1) for h in hidden_dims)
+    except ValueError:
+        raise ValueError(
+            f"Expected every hidden_dims entry to be an integer >= 1, got {hidden_dims!r}."
+        ) from None
+
+
+def host_seed(rngs: Any) -> int:
+    """A numpy seed drawn from ``rngs`` (a device value pulled to the host: not under tracing).
+
+    Args:
+      rngs: NNX random streams (``params`` is used).
+
+    Returns:
+      an int in ``[0, 2**31 - 1)``.
+
+    Raises:
+      ValueError: ``rngs`` is abstract (under ``jit`` or ``eval_shape``): pass a
+        ``mask_seed`` instead.
+
+    Examples:
+      >>> 0 <= host_seed(nnx.Rngs(0)) < 2**31 - 1
+      True
+    """
+    import jax
+
+    try:
+        return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as e:
+        raise ValueError(
+            "A random order, permutation or hidden-degree rule draws its numpy seed from rngs, "
+            "which is abstract here (under jit or eval_shape): pass mask_seed=<int> to fix the "
+            "masks without a device value."
+        ) from e
+
+
+def default_dtype() -> np.dtype:
+    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+    import jax
+
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+
+
+def check_event(x: Any, dim: int, name: str = "x") -> None:
+    """Raises ValueError unless ``x`` is real (or integer) with shape ``(..., dim)``."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = np.asarray(x)  # a list or a scalar
+    shape = tuple(x.shape)
+    if len(shape) < 1 or shape[-1] != dim:
+        raise ValueError(f"Expected {name} of shape (..., {dim}), got shape {shape}.")
+    import jax.numpy as jnp
+
+    dtype = x.dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise ValueError(f"Expected real {name}, got dtype {dtype}.")
+
+
+def check_context(context: Any, context_dim: int) -> None:
+    """Raises ValueError unless ``context`` matches a flow's ``context_dim``."""
+    if context_dim == 0:
+        if context is not None:
+            raise ValueError(
+                "Got a context, but this model is unconditional (context_dim=0); "
+                "build it with context_dim=... to condition on one."
+            )
+        return
+    if context is None:
+        raise ValueError(
+            f"This model is conditional (context_dim={context_dim}) and needs "
+            f"context= of shape (..., {context_dim}); got None."
+        )
+    check_event(context, context_dim, "context")

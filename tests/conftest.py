@@ -95,7 +95,7 @@ def make_inputs(name: str, dim: int, n: int = 4, seed: int = 1):
     """Points (n, dim) and a matching context (n, context_dim) or None."""
     _, context_dim = FLOWS[name]
     kx, kc = jax.random.split(jax.random.key(seed))
-    dtype = jaxmaf.made.default_dtype()
+    dtype = jaxmaf.validation.default_dtype()
     x = jax.random.normal(kx, (n, dim), dtype)
     c = jax.random.normal(kc, (n, context_dim), dtype) if context_dim else None
     return x, c

@@ -276,7 +276,7 @@ def test_unusable_checkpoint_dir_is_refused_before_training(tmp_path):
 def test_unsavable_flow_warns_up_front_and_still_checkpoints(tmp_path):
     flow = jaxmaf.MAF(2, 2, (8,), activation=jnp.sin, rngs=R(0))
     calls = {"n": 0}
-    real = training._train_epoch
+    real = training.train_epoch
 
     def counting(*args, **kwargs):
         calls["n"] += 1
@@ -284,7 +284,7 @@ def test_unsavable_flow_warns_up_front_and_still_checkpoints(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as mp:
         warnings.simplefilter("always")
-        mp.setattr(training, "_train_epoch", counting)
+        mp.setattr(training, "train_epoch", counting)
         jaxmaf.fit(flow, _data(), checkpoint_dir=tmp_path, **KW)
     messages = [str(w.message) for w in caught if "best.jaxmaf" in str(w.message)]
     assert len(messages) == 1 and "callable" in messages[0]
@@ -458,6 +458,23 @@ def test_version_1_files_still_load_with_their_masks_checked(tmp_path):
     path.write_bytes(flax_serialization.msgpack_serialize(legacy))
     with pytest.raises(ValueError, match="differs"):
         jaxmaf.load(path)
+
+
+def test_files_with_the_mixture_base_under_its_old_names_still_load(tmp_path):
+    """Files saved before the base became a module name its parameters ``base_logits``, ..."""
+    flow = jaxmaf.MAF(2, 2, (8,), base="mog", num_components=3, rngs=R(0))
+    nnx.update(flow.base, jax.tree.map(lambda a: a + 0.5, nnx.state(flow.base)))  # not the init
+    path = tmp_path / "old.jaxmaf"
+    jaxmaf.save(path, flow)
+    payload = serialization.read(path, "flow")
+    old = {"base/logits": "base_logits", "base/means": "base_means"}
+    old["base/log_scales"] = "base_log_scales"
+    payload["params"] = {old.get(k, k): v for k, v in payload["params"].items()}
+    assert "base_means" in payload["params"]
+    serialization.atomic_write(path, serialization.encode("flow", payload))
+    loaded = jaxmaf.load(path)
+    x = jnp.linspace(-2, 2, 10).reshape(5, 2)
+    np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
 
 
 def test_core_import_leaves_out_scikit_learn_and_matplotlib_and_starts_no_backend():

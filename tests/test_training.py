@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import jaxmaf
-from jaxmaf import training
+from jaxmaf import epochs, progress, training
 
 COV = np.array([[1.0, 0.8], [0.8, 1.0]])
 
@@ -69,7 +69,7 @@ def test_second_fit_does_not_recompile():
     jaxmaf.fit(
         flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2, progress=False
     )
-    sizes = training._train_epoch._cache_size(), training._eval_loss._cache_size()
+    sizes = epochs.train_epoch._cache_size(), epochs.eval_loss._cache_size()
     jaxmaf.fit(
         flow,
         x,
@@ -80,7 +80,7 @@ def test_second_fit_does_not_recompile():
         seed=1,
         progress=False,
     )
-    assert (training._train_epoch._cache_size(), training._eval_loss._cache_size()) == sizes
+    assert (epochs.train_epoch._cache_size(), epochs.eval_loss._cache_size()) == sizes
 
 
 def test_conditional_fit_learns_context_dependence():
@@ -340,7 +340,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     h_ref = jaxmaf.fit(reference, x, **kw)
 
     calls = {"n": 0}
-    real = training._train_epoch
+    real = training.train_epoch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -348,13 +348,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_train_epoch", interrupted)
+    monkeypatch.setattr(training, "train_epoch", interrupted)
     flow = small_flow()
     h1 = jaxmaf.fit(flow, x, checkpoint_dir=tmp_path, **kw)
     assert h1.stop_reason == "interrupted" and len(h1.val_loss) == 4
     # the interrupted flow holds its best parameters so far
     np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), min(h1.val_loss), rtol=1e-5)
-    monkeypatch.setattr(training, "_train_epoch", real)
+    monkeypatch.setattr(training, "train_epoch", real)
 
     resumed = small_flow(seed=42)  # a fresh flow: the checkpoint supplies the state
     h2 = jaxmaf.fit(resumed, x, checkpoint_dir=tmp_path, resume=True, **kw)
@@ -521,8 +521,6 @@ def test_progress_bar_in_notebooks_and_terminals_not_under_ci(monkeypatch):
     import sys
     import types
 
-    from jaxmaf import training
-
     class ZMQInteractiveShell:  # the class name Jupyter kernels (and VS Code's) use
         pass
 
@@ -547,20 +545,20 @@ def test_progress_bar_in_notebooks_and_terminals_not_under_ci(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Captured())
     fake = types.SimpleNamespace(get_ipython=lambda: None)
     monkeypatch.setitem(sys.modules, "IPython", fake)
-    assert training._progress_bar(3) is None  # captured output, no notebook
+    assert progress.progress_bar(3) is None  # captured output, no notebook
     fake.get_ipython = lambda: TerminalInteractiveShell()
-    assert training._progress_bar(3) is None  # plain IPython whose output is captured
+    assert progress.progress_bar(3) is None  # plain IPython whose output is captured
     fake.get_ipython = lambda: ZMQInteractiveShell()
-    bar = training._progress_bar(3)
+    bar = progress.progress_bar(3)
     assert bar is not None and bar.total == 3
     bar.close()
     monkeypatch.setattr(sys, "stderr", Terminal())
     monkeypatch.delitem(sys.modules, "IPython")
-    bar = training._progress_bar(5, initial=2)
+    bar = progress.progress_bar(5, initial=2)
     assert bar is not None and (bar.total, bar.n) == (5, 2)
     bar.close()
     monkeypatch.setenv("CI", "1")
-    assert training._progress_bar(5) is None
+    assert progress.progress_bar(5) is None
     monkeypatch.setattr(sys, "stderr", Captured())
     monkeypatch.setitem(sys.modules, "IPython", fake)
-    assert training._progress_bar(5) is None  # CI wins over a notebook
+    assert progress.progress_bar(5) is None  # CI wins over a notebook

@@ -1,0 +1,395 @@
+"""The generic flow: a base distribution pushed through a bijector, as an NNX module.
+
+:class:`Flow` holds what every flow does with its bijector: the density
+(``log_prob``), sampling (``sample``, ``sample_and_log_prob``), the distrax
+view (``distribution``), evaluation in chunks, and eager calls that compile
+once (:mod:`jaxmaf.eager`). A subclass provides the layers: a base
+distribution module ``base`` (:mod:`jaxmaf.bases`), ``dim``,
+``context_dim``, ``batch_norms`` (possibly empty) and
+:meth:`Flow.bijector`. :class:`jaxmaf.MAF` and :class:`jaxmaf.IAF` are such
+subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmaf import eager
+from jaxmaf.bijectors import SEQUENTIAL_METHODS, MaskedAutoregressive
+from jaxmaf.chunking import chunk_rows, chunked
+from jaxmaf.validation import check_context, check_event, check_key
+
+Array = jax.Array
+
+
+class Flow(nnx.Module):
+    """A base distribution pushed through a bijector (subclassed by :class:`jaxmaf.MAF`).
+
+    Attributes a subclass sets: ``base`` (a module with ``log_prob``,
+    ``sample`` and ``distribution``), ``dim``, ``context_dim``,
+    ``batch_norms`` (the batch-norm modules, whose mode decides whether a
+    batch may be split into chunks).
+    """
+
+    base: nnx.Module
+    dim: int
+    context_dim: int
+    batch_norms: Sequence[nnx.Module]
+
+    def bijector(
+        self,
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        update_batch_stats: bool = False,
+    ) -> distrax.Bijector:
+        """The bijector from base noise to data (see :meth:`jaxmaf.MAF.bijector`)."""
+        raise NotImplementedError
+
+    def base_distribution(self) -> distrax.Distribution:
+        """The base distribution as a distrax distribution with event shape ``(dim,)``.
+
+        A standard normal, or for ``base="mog"`` the learnable mixture of
+        diagonal Gaussians (``distrax.MixtureSameFamily``).
+        """
+        return self.base.distribution()
+
+    def base_log_prob(self, u: Array) -> Array:
+        """Log-density of the base distribution: ``(..., dim) -> (...)``."""
+        return self.base.log_prob(u)
+
+    def distribution(self, context: Array | None = None) -> distrax.Distribution:
+        """The flow as ``distrax.Transformed(standard normal, self.bijector(context))``.
+
+        Args:
+          context: ``(context_dim,)`` for a conditional flow (a batch of
+            contexts gives a batch of bijectors: prefer the flow's own
+            ``log_prob``/``sample`` for batched contexts), else None.
+
+        Returns:
+          a :class:`distrax.Transformed` with event shape ``(dim,)``.
+
+        Raises:
+          ValueError: as :meth:`bijector`.
+        """
+        return distrax.Transformed(self.base_distribution(), self.bijector(context))
+
+    # ------------------------------------------------------------------ chunking
+    def chunk_rows(self, chunk_size: int | None, rows: int) -> int | None:
+        """Validates ``chunk_size`` for a batch of ``rows`` points; None means run whole.
+
+        Evaluating a batch ``chunk_size`` points at a time (``lax.map``) bounds
+        the memory of the MADE activations by the chunk instead of the batch
+        (a 64-d flow with 512-wide MADEs holds 2 KiB per point and hidden
+        layer in float32: 2 GiB for a million points). Every point is
+        computed independently, so the result equals the whole-batch one up
+        to floating-point rounding. Speed on a 2-core CPU, 10k points: no
+        measurable change (235 ms either way, interleaved medians).
+
+        Args:
+          chunk_size: points per chunk (>= 1), or None for the whole batch.
+          rows: number of points in the batch.
+
+        Returns:
+          the points per chunk, or None when the batch fits in one chunk.
+
+        Raises:
+          ValueError: ``chunk_size`` neither None nor an int >= 1; a chunk
+            size on a flow whose batch norm is in train mode (its statistics
+            are over the whole batch: call ``flow.eval()`` first).
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
+          >>> flow.chunk_rows(1024, 10_000), flow.chunk_rows(1024, 500)
+          (1024, None)
+        """
+        return chunk_rows(chunk_size, rows, self._batch_statistics())
+
+    def _batch_statistics(self) -> bool:
+        """Whether a batch norm normalises with the batch's own statistics (train mode)."""
+        return any(not bn.use_running_average for bn in self.batch_norms)
+
+    def _chunked(self, fn, x: Array, context: Array | None, chunk_size: int | None):
+        """``fn(x, context)`` over the batch axes of ``x``, chunked (see :func:`chunked`)."""
+        return chunked(fn, x, context, chunk_size, self._batch_statistics())
+
+    def _call(self, name: str, statics: tuple, *arrays, writes_state: bool = False):
+        """``self.<name>(*arrays, *statics)``: compiled and cached when called eagerly."""
+        return eager.call(self, name, statics, *arrays, writes_state=writes_state)
+
+    def _density_inputs(self, x: Array, context: Array | None) -> tuple[Array, Array | None]:
+        """Checks ``x`` and ``context`` against the flow and makes them arrays."""
+        check_event(x, self.dim, "x")
+        check_context(context, self.context_dim)
+        return jnp.asarray(x), None if context is None else jnp.asarray(context)
+
+    # ------------------------------------------------------------------ density
+    def log_prob(
+        self,
+        x: Array,
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        chunk_size: int | None = None,
+    ) -> Array:
+        """Log-density of ``x``.
+
+        Args:
+          x: points of shape ``(..., dim)``.
+          context: ``(..., context_dim)`` for a conditional flow (batch
+            dimensions broadcast with those of ``x``), else None.
+          method: for an IAF (sequential density), ``"exact"`` or
+            ``"jacobi"``; a MAF's density is one pass either way.
+          tol: Jacobi stopping threshold.
+          chunk_size: evaluate the batch this many points at a time, which
+            bounds memory (see :meth:`chunk_rows`); None: all at once.
+
+        Returns:
+          log-densities of shape ``broadcast(...)``. Points so far out that the
+          computation overflows (``|x|`` around ``1e19`` in float32, or
+          infinite) get ``-inf`` (density 0 in floating point); NaN comes out
+          only where NaN went in (in ``x``, the context or the parameters).
+
+        Raises:
+          ValueError: wrong event dimension of ``x``; context missing,
+            unexpected, or of the wrong width; a bad ``chunk_size``.
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
+          >>> flow.log_prob(jnp.zeros((10, 2))).shape
+          (10,)
+        """
+        x, context = self._density_inputs(x, context)
+        return self._call("_log_prob", (method, tol, chunk_size, False), x, context)
+
+    def update_batch_stats(self, x: Array, context: Array | None = None) -> Array:
+        """Log-density of a training batch, moving batch norm's running averages towards it.
+
+        The one call that changes a flow's statistics (``log_prob`` and
+        ``sample`` never do): in train mode each batch norm normalises ``x``
+        with the batch's statistics and moves its running averages by
+        ``1 - momentum`` towards them. :func:`jaxmaf.fit` calls it on every
+        minibatch. In eval mode, or without batch norm, it is ``log_prob``.
+
+        Args:
+          x: a batch ``(..., dim)``.
+          context: ``(..., context_dim)`` for a conditional flow, else None.
+
+        Returns:
+          log-densities ``(...)`` under the batch's statistics.
+
+        Raises:
+          ValueError: as :meth:`log_prob`.
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 2, (8,), batch_norm=True, rngs=nnx.Rngs(0))
+          >>> x = 3.0 + jax.random.normal(jax.random.key(0), (64, 2))
+          >>> _ = flow.log_prob(x); float(flow.batch_norms[0].mean[0])  # unchanged
+          0.0
+          >>> _ = flow.update_batch_stats(x); float(flow.batch_norms[0].mean[0]) > 0
+          True
+        """
+        x, context = self._density_inputs(x, context)
+        writes = self._batch_statistics()
+        return self._call("_log_prob", ("exact", 0.0, None, True), x, context, writes_state=writes)
+
+    def _log_prob(
+        self,
+        x: Array,
+        context: Array | None,
+        method: str,
+        tol: float,
+        chunk_size: int | None,
+        update_batch_stats: bool,
+    ) -> Array:
+        def log_prob(x, context):
+            bijector = self.bijector(
+                context, method=method, tol=tol, update_batch_stats=update_batch_stats
+            )
+            u, log_det = bijector.inverse_and_log_det(x)
+            lp = self.base_log_prob(u) + log_det
+            # Far out (|x| ~ 1e19 and beyond in float32) the conditioner overflows and
+            # inf - inf or 0 * inf gives NaN where the density has underflowed to 0.
+            # NaN stays NaN where it came in: from x, the context or the parameters.
+            nan_in = jnp.isnan(x).any(-1)
+            if context is not None:
+                nan_in = nan_in | jnp.isnan(context).any(-1)
+            for leaf in jax.tree.leaves(nnx.state(self, nnx.Param)):
+                nan_in = nan_in | jnp.isnan(leaf).any()
+            return jnp.where(jnp.isnan(lp) & ~nan_in, -jnp.inf, lp)
+
+        return self._chunked(log_prob, x, context, chunk_size)
+
+    def sample(
+        self,
+        key: Array,
+        sample_shape: Sequence[int] | int = (),
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        return_iterations: bool = False,
+        chunk_size: int | None = None,
+    ) -> Array | tuple[Array, Array]:
+        """Draws samples.
+
+        Args:
+          key: a JAX PRNG key.
+          sample_shape: leading shape of the samples.
+          context: ``(..., context_dim)`` for a conditional flow, else None.
+          method: for a MAF (sequential sampling): ``"exact"`` (D passes per
+            layer) or ``"jacobi"`` (fixed-point iteration, at most D passes,
+            stopping when the largest update is at most ``tol``; ``tol=0``
+            gives the exact samples up to floating-point rounding). An IAF
+            samples in one pass either way.
+          tol: Jacobi stopping threshold (>= 0).
+          return_iterations: also return the conditioner passes used by each
+            layer, an int array ``(num_layers,)`` (base side first; with
+            chunking, the most any chunk used).
+          chunk_size: transform the noise this many points at a time, which
+            bounds memory (see :meth:`chunk_rows`); the noise is drawn for
+            the whole batch first, so the samples do not depend on it.
+
+        Returns:
+          samples of shape ``sample_shape + context.shape[:-1] + (dim,)``
+          (and the iterations, with ``return_iterations``).
+
+        Raises:
+          ValueError: context missing, unexpected, or of the wrong width;
+            unknown method; a bad ``chunk_size``.
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
+          >>> flow.sample(jax.random.key(0), (100,)).shape
+          (100, 2)
+          >>> x, iters = flow.sample(jax.random.key(1), (100,), method="jacobi",
+          ...                        return_iterations=True)
+          >>> x.shape, iters.shape
+          ((100, 2), (4,))
+        """
+        if method not in SEQUENTIAL_METHODS:
+            raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
+        shape, context = self._check_sampling(key, sample_shape, context)
+        statics = (shape, method, tol, bool(return_iterations), chunk_size)
+        return self._call("_sample", statics, key, context)
+
+    def _sample(
+        self,
+        key: Array,
+        context: Array | None,
+        shape: tuple[int, ...],
+        method: str,
+        tol: float,
+        return_iterations: bool,
+        chunk_size: int | None,
+    ) -> Array | tuple[Array, Array]:
+        u = self._base_noise(key, shape, context)
+        if not return_iterations:
+            return self._chunked(
+                lambda u, context: self.bijector(context, method=method, tol=tol).forward(u),
+                u,
+                context,
+                chunk_size,
+            )
+
+        def with_iterations(u, context):  # the iterations repeated per row, to chunk alike
+            x, iterations = self._forward_counting(u, context, method, tol)
+            return x, jnp.broadcast_to(iterations, u.shape[:-1] + iterations.shape)
+
+        x, iterations = self._chunked(with_iterations, u, context, chunk_size)
+        return x, iterations.reshape(-1, iterations.shape[-1]).max(axis=0)
+
+    def _forward_counting(
+        self, u: Array, context: Array | None, method: str, tol: float
+    ) -> tuple[Array, Array]:
+        """Sampling-direction map and the conditioner passes of each layer (base side first)."""
+        bijector = self.bijector(context, method=method, tol=tol)
+        parts = bijector.bijectors[::-1] if isinstance(bijector, distrax.Chain) else [bijector]
+        iterations = []
+        for part in parts:
+            if isinstance(part, MaskedAutoregressive):
+                if method == "jacobi":
+                    u, n = part.forward_jacobi(u, tol)
+                else:
+                    u, n = part.forward(u), jnp.asarray(self.dim, jnp.int32)
+                iterations.append(n)
+            else:
+                u = part.forward(u)
+                if isinstance(part, distrax.Inverse):
+                    iterations.append(jnp.asarray(1, jnp.int32))
+        return u, jnp.stack(iterations)
+
+    def sample_and_log_prob(
+        self,
+        key: Array,
+        sample_shape: Sequence[int] | int = (),
+        context: Array | None = None,
+        *,
+        chunk_size: int | None = None,
+    ) -> tuple[Array, Array]:
+        """Samples and their log-densities in the sampling direction only.
+
+        For an IAF this is one pass per layer (no sequential inverse), the
+        quantity variational inference needs.
+
+        Args:
+          key: a JAX PRNG key.
+          sample_shape: leading shape of the samples.
+          context: ``(..., context_dim)`` for a conditional flow, else None.
+          chunk_size: as in :meth:`sample`.
+
+        Returns:
+          ``(samples, log_probs)`` of shapes ``S + (dim,)`` and ``S`` with
+          ``S = sample_shape + context.shape[:-1]``.
+
+        Raises:
+          ValueError: context missing, unexpected, or of the wrong width; a
+            bad ``chunk_size``.
+        """
+        shape, context = self._check_sampling(key, sample_shape, context)
+        return self._call("_sample_and_log_prob", (shape, chunk_size), key, context)
+
+    def _sample_and_log_prob(
+        self,
+        key: Array,
+        context: Array | None,
+        shape: tuple[int, ...],
+        chunk_size: int | None,
+    ) -> tuple[Array, Array]:
+        u = self._base_noise(key, shape, context)
+
+        def sample_and_log_prob(u, context):
+            x, log_det = self.bijector(context).forward_and_log_det(u)
+            return x, self.base_log_prob(u) - log_det
+
+        return self._chunked(sample_and_log_prob, u, context, chunk_size)
+
+    def _check_sampling(
+        self, key: Array, sample_shape: Sequence[int] | int, context: Array | None
+    ) -> tuple[tuple[int, ...], Array | None]:
+        """Checks a sampling call's arguments; returns the sample shape as a tuple of ints."""
+        check_context(context, self.context_dim)
+        check_key(key)
+        if isinstance(sample_shape, int | np.integer):
+            shape = (sample_shape,)
+        elif isinstance(sample_shape, Sequence | np.ndarray):
+            shape = tuple(sample_shape)
+        else:
+            shape = (None,)  # refused below
+        if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0 for n in shape):
+            raise ValueError(
+                f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
+            )
+        return tuple(int(n) for n in shape), None if context is None else jnp.asarray(context)
+
+    def _base_noise(self, key: Array, shape: tuple[int, ...], context: Array | None) -> Array:
+        batch = () if context is None else tuple(jnp.shape(context)[:-1])
+        return self.base.sample(key, shape + batch)

@@ -1,0 +1,68 @@
+"""The package's shape: imports go one way (masks <- made <- bijectors <- flows <- training)
+and no module reaches into another's private names."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
+
+# Each module may import only modules of a lower layer.
+LAYERS = [
+    {"validation", "activations", "averaging", "chunking", "eager", "history", "progress"},
+    {"masks", "masked_linear", "transformers", "fileformat", "epochs", "logdet", "datasets"},
+    {"made", "bases", "config", "bijectors"},
+    {"flow"},
+    {"flows"},
+    {"serialization"},
+    {"checkpoint", "train_state", "ensemble"},
+    {"training"},
+    {"plotting"},
+]
+
+
+def _imports(path: pathlib.Path) -> list[tuple[str, list[str]]]:
+    """``[(module, [names])]`` of every ``jaxmaf`` import in a file (any depth, lazy ones too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxmaf"):
+            if node.module == "jaxmaf":
+                found += [(alias.name, []) for alias in node.names]
+            else:
+                found.append((node.module.split(".")[1], [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [
+                (a.name.split(".")[1], []) for a in node.names if a.name.startswith("jaxmaf.")
+            ]
+    return found
+
+
+def _layer(module: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if module in layer:
+            return i
+    raise AssertionError(f"jaxmaf/{module}.py is in no layer of LAYERS: place it")
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_imports_go_one_way_and_skip_no_private_name(path):
+    module = path.stem
+    if module == "__init__":
+        return
+    for target, names in _imports(path):
+        if target in ("__version__",):
+            continue
+        assert _layer(target) < _layer(module), f"{module} imports {target}, which is not below it"
+        private = [n for n in names if n.startswith("_") and n != "__version__"]
+        assert not private, f"{module} imports private names {private} from {target}"
+
+
+def test_every_module_is_placed_and_none_is_oversized():
+    for path in PACKAGE.glob("*.py"):
+        if path.stem != "__init__":
+            _layer(path.stem)
+        lines = len(path.read_text().splitlines())
+        assert lines <= 450, f"{path.name} has {lines} lines; split it by concept"
