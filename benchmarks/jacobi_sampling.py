@@ -80,9 +80,7 @@ def main(argv=None):
 
     def sampler(method, tol):
         def fn(p, k):
-            return nnx.merge(graphdef, p).sample(
-                k, (n,), method=method, tol=tol, return_iterations=True
-            )
+            return nnx.merge(graphdef, p).sample_with_iterations(k, (n,), method=method, tol=tol)
 
         return jax.jit(fn)
 

@@ -93,8 +93,9 @@ def fit_ensemble(
     data: Any,
     *,
     seeds: Sequence[int],
-    learning_rate: float | Sequence[float] = 1e-3,
-    optimizer: Callable[..., optax.GradientTransformation] = optax.adam,
+    learning_rate: float | Sequence[float] | None = None,
+    optimizer: optax.GradientTransformation
+    | Callable[..., optax.GradientTransformation] = optax.adam,
     validation_data: Any = None,
     context: Any = None,
     validation_context: Any = None,
@@ -107,11 +108,14 @@ def fit_ensemble(
 ) -> tuple[list[nnx.Module], list[History]]:
     """Trains one flow per seed, all members in ONE compiled program (``jax.vmap``).
 
-    Member ``i`` is built with ``make_flow(nnx.Rngs(seeds[i]))``, shuffles its
-    data with ``seeds[i]`` and uses ``optimizer(learning_rate=lr_i)``, so it
-    matches ``fit(make_flow(nnx.Rngs(s)), ..., optimizer=optimizer(lr_i),
-    seed=s)`` to float tolerance. The learning rate is a per-member array
-    (``optax.inject_hyperparams``), so members may differ. Early stopping and
+    Member ``i`` is built with ``make_flow(nnx.Rngs(seeds[i]))`` and shuffles
+    its data with ``seeds[i]``. ``optimizer`` is what :func:`fit` takes (an
+    Optax transformation, the same for every member), or a factory such as
+    ``optax.adam`` with one learning rate per member:
+    ``optimizer(learning_rate=lr_i)``, the rates held as a per-member array
+    (``optax.inject_hyperparams``). Either way member ``i`` matches
+    ``fit(make_flow(nnx.Rngs(s)), ..., optimizer=..., seed=s)`` to float
+    tolerance. Early stopping and
     divergence are handled per member (a stopped member's parameters are
     frozen at its best); the loop ends when every member has stopped.
 
@@ -119,8 +123,10 @@ def fit_ensemble(
       make_flow: ``rngs -> flow``; every member must have the same structure.
       data: training points ``(N, dim)`` shared by all members.
       seeds: one seed per member (parameter initialisation and shuffling).
-      learning_rate: a float for all members or one per member.
-      optimizer: an Optax optimizer factory taking ``learning_rate=``.
+      learning_rate: with a factory ``optimizer``, a float for all members or
+        one per member (default 1e-3); None with a transformation.
+      optimizer: an Optax transformation (as in :func:`fit`), or a factory
+        taking ``learning_rate=`` (default ``optax.adam``).
       validation_data: as in :func:`fit`.
       context: as in :func:`fit`.
       validation_context: as in :func:`fit`.
@@ -138,7 +144,9 @@ def fit_ensemble(
     Raises:
       ValueError: as :func:`fit`; no seeds, or a seed that is not an
         integer >= 0; a learning rate that is not finite and > 0, or a list
-        of the wrong length; an ``optimizer`` that is not a factory;
+        of the wrong length, or one given with a transformation (whose rate
+        is fixed); an ``optimizer`` that is neither a transformation nor a
+        factory;
         members whose structures differ.
 
     Examples:
@@ -154,13 +162,23 @@ def fit_ensemble(
         ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
     if not seeds:
         raise ValueError("Expected at least one seed, got none.")
+    shared = callable(getattr(optimizer, "init", None)) and callable(
+        getattr(optimizer, "update", None)
+    )
+    if shared and learning_rate is not None:
+        raise ValueError(
+            f"Got learning_rate={learning_rate!r} with an optimizer transformation, whose rate is "
+            "fixed: pass a factory (optimizer=optax.adam, learning_rate=...) for rates per "
+            "member, or leave learning_rate out."
+        )
+    if not shared and not callable(optimizer):
+        raise ValueError(
+            "Expected optimizer to be an Optax transformation (e.g. optax.adam(1e-3)) or a "
+            f"factory taking learning_rate= (e.g. optax.adam), got {optimizer!r}."
+        )
+    learning_rate = 1e-3 if learning_rate is None else learning_rate
     lrs = [learning_rate] * len(seeds) if np.ndim(learning_rate) == 0 else list(learning_rate)
     lrs = [check_float("learning_rate", v, low=0.0) for v in lrs]
-    if not callable(optimizer):
-        raise ValueError(
-            f"Expected optimizer to be an Optax factory taking learning_rate= (e.g. optax.adam), "
-            f"got {optimizer!r}."
-        )
     if len(lrs) != len(seeds):
         raise ValueError(f"Expected {len(seeds)} learning rates (one per seed), got {len(lrs)}.")
     flows = [make_flow(nnx.Rngs(s)) for s in seeds]
@@ -185,13 +203,14 @@ def fit_ensemble(
             )
     stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)  # noqa: E731
     params, rest = stack([p for *_, p, _ in splits]), stack([r for *_, r in splits])
-    opt = _with_learning_rate_state(optimizer)
+    opt = optimizer if shared else _with_learning_rate_state(optimizer)
     decay = ema_decay(ema_epochs, run.num_batches)
     if decay is not None:
         opt = with_parameter_average(opt, decay)
     opt_state = jax.vmap(opt.init)(params)
-    hyperparams = (opt_state if decay is None else opt_state.inner).hyperparams
-    hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
+    if not shared:
+        hyperparams = (opt_state if decay is None else opt_state.inner).hyperparams
+        hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     m = len(seeds)
     best, best_loss = (params, rest), jnp.full((m,), jnp.inf, jax.tree.leaves(params)[0].dtype)

@@ -12,6 +12,7 @@ subclasses.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import distrax
@@ -120,6 +121,21 @@ class Flow(nnx.Module):
         """``fn(x, context)`` over the batch axes of ``x``, chunked (see :func:`chunked`)."""
         return chunked(fn, x, context, chunk_size, self._batch_statistics())
 
+    def _sequential(self) -> str:
+        """The public method whose direction is sequential: ``"sample"`` (MAF) or ``"log_prob"``."""
+        return "log_prob" if getattr(self, "inverted", False) else "sample"
+
+    def _check_method(self, name: str, method: str, tol: float) -> None:
+        """Refuses ``method``/``tol`` where they mean nothing (the one-pass direction)."""
+        if method not in SEQUENTIAL_METHODS:
+            raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
+        if name != self._sequential() and (method != "exact" or tol != 0.0):
+            raise ValueError(
+                f"method={method!r}, tol={tol!r}: {type(self).__name__}.{name} is one pass per "
+                f"layer, with nothing to iterate; method and tol apply to "
+                f"{type(self).__name__}.{self._sequential()} (leave them out here)."
+            )
+
     def _call(self, name: str, statics: tuple, *arrays, writes_state: bool = False):
         """``self.<name>(*arrays, *statics)``: compiled and cached when called eagerly."""
         return eager.call(self, name, statics, *arrays, writes_state=writes_state)
@@ -147,8 +163,9 @@ class Flow(nnx.Module):
           context: ``(..., context_dim)`` for a conditional flow (batch
             dimensions broadcast with those of ``x``), else None.
           method: for an IAF (sequential density), ``"exact"`` or
-            ``"jacobi"``; a MAF's density is one pass either way.
-          tol: Jacobi stopping threshold.
+            ``"jacobi"``; a MAF's density is one pass, and refuses any other
+            than ``"exact"``.
+          tol: Jacobi stopping threshold (IAF only, as ``method``).
           chunk_size: evaluate the batch this many points at a time, which
             bounds memory (see :meth:`chunk_rows`); None: all at once.
 
@@ -160,13 +177,15 @@ class Flow(nnx.Module):
 
         Raises:
           ValueError: wrong event dimension of ``x``; context missing,
-            unexpected, or of the wrong width; a bad ``chunk_size``.
+            unexpected, or of the wrong width; a bad ``chunk_size``; an
+            unknown ``method``, or ``method``/``tol`` on a MAF.
 
         Examples:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.log_prob(jnp.zeros((10, 2))).shape
           (10,)
         """
+        self._check_method("log_prob", method, tol)
         x, context = self._density_inputs(x, context)
         return self._call("_log_prob", (method, tol, chunk_size, False), x, context)
 
@@ -236,9 +255,9 @@ class Flow(nnx.Module):
         *,
         method: str = "exact",
         tol: float = 0.0,
-        return_iterations: bool = False,
         chunk_size: int | None = None,
-    ) -> Array | tuple[Array, Array]:
+        return_iterations: bool = False,
+    ) -> Array:
         """Draws samples.
 
         Args:
@@ -249,37 +268,82 @@ class Flow(nnx.Module):
             layer) or ``"jacobi"`` (fixed-point iteration, at most D passes,
             stopping when the largest update is at most ``tol``; ``tol=0``
             gives the exact samples up to floating-point rounding). An IAF
-            samples in one pass either way.
+            samples in one pass and refuses any other than ``"exact"``.
           tol: Jacobi stopping threshold (>= 0).
-          return_iterations: also return the conditioner passes used by each
-            layer, an int array ``(num_layers,)`` (base side first; with
-            chunking, the most any chunk used).
           chunk_size: transform the noise this many points at a time, which
             bounds memory (see :meth:`chunk_rows`); the noise is drawn for
             the whole batch first, so the samples do not depend on it.
+          return_iterations: deprecated: use :meth:`sample_with_iterations`
+            (True still returns its tuple, with a ``DeprecationWarning``).
 
         Returns:
-          samples of shape ``sample_shape + context.shape[:-1] + (dim,)``
-          (and the iterations, with ``return_iterations``).
+          samples of shape ``sample_shape + context.shape[:-1] + (dim,)``.
 
         Raises:
           ValueError: context missing, unexpected, or of the wrong width;
-            unknown method; a bad ``chunk_size``.
+            unknown method, or ``method``/``tol`` on an IAF (one pass); a
+            bad ``chunk_size``.
 
         Examples:
           >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
           >>> flow.sample(jax.random.key(0), (100,)).shape
           (100, 2)
-          >>> x, iters = flow.sample(jax.random.key(1), (100,), method="jacobi",
-          ...                        return_iterations=True)
+        """
+        if return_iterations:
+            warnings.warn(
+                "sample(..., return_iterations=True) is deprecated: call "
+                "flow.sample_with_iterations(...), which returns (samples, iterations).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return self.sample_with_iterations(
+                key, sample_shape, context, method=method, tol=tol, chunk_size=chunk_size
+            )
+        self._check_method("sample", method, tol)
+        shape, context = self._check_sampling(key, sample_shape, context)
+        return self._call("_sample", (shape, method, tol, False, chunk_size), key, context)
+
+    def sample_with_iterations(
+        self,
+        key: Array,
+        sample_shape: Sequence[int] | int = (),
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        chunk_size: int | None = None,
+    ) -> tuple[Array, Array]:
+        """Draws samples, and counts the conditioner passes each layer used.
+
+        The same samples as :meth:`sample` with the same arguments. Useful to
+        see what Jacobi sampling saves: a MAF layer takes ``dim`` passes
+        exactly, Jacobi at most ``dim`` and often far fewer; an IAF layer one.
+
+        Args:
+          key: a JAX PRNG key.
+          sample_shape: leading shape of the samples.
+          context: ``(..., context_dim)`` for a conditional flow, else None.
+          method: as in :meth:`sample`.
+          tol: as in :meth:`sample`.
+          chunk_size: as in :meth:`sample`.
+
+        Returns:
+          ``(samples, iterations)``: samples as :meth:`sample` returns them and
+          an int array ``(num_layers,)`` of passes per layer, base side first
+          (with chunking, the most any chunk used).
+
+        Raises:
+          ValueError: as :meth:`sample`.
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
+          >>> x, iters = flow.sample_with_iterations(jax.random.key(1), (100,), method="jacobi")
           >>> x.shape, iters.shape
           ((100, 2), (4,))
         """
-        if method not in SEQUENTIAL_METHODS:
-            raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
+        self._check_method("sample", method, tol)
         shape, context = self._check_sampling(key, sample_shape, context)
-        statics = (shape, method, tol, bool(return_iterations), chunk_size)
-        return self._call("_sample", statics, key, context)
+        return self._call("_sample", (shape, method, tol, True, chunk_size), key, context)
 
     def _sample(
         self,

@@ -396,10 +396,10 @@ def test_jacobi_sampling_tol0_equals_exact(name, x64):
     _, c = make_inputs(name, 6, n=5)
     key = jax.random.key(4)
     exact = flow.sample(key, (5,), c)
-    jac, iters = flow.sample(key, (5,), c, method="jacobi", return_iterations=True)
+    jac, iters = flow.sample_with_iterations(key, (5,), c, method="jacobi")
     np.testing.assert_allclose(jac, exact, rtol=1e-12, atol=1e-12)  # up to rounding
     assert iters.shape == (3,) and np.all((iters >= 1) & (iters <= 6))
-    loose, it_loose = flow.sample(key, (5,), c, method="jacobi", tol=1e-3, return_iterations=True)
+    loose, it_loose = flow.sample_with_iterations(key, (5,), c, method="jacobi", tol=1e-3)
     assert np.all(it_loose <= iters)
     np.testing.assert_allclose(loose, exact, atol=1e-2)
 
@@ -409,9 +409,7 @@ def test_jacobi_converges_early_on_a_weakly_coupled_flow():
     # fixed point is reached to 1e-6 in far fewer than D passes.
     flow = perturb(jaxmaf.MAF(32, 2, (64,), rngs=nnx.Rngs(0)), scale=0.02)
     exact = flow.sample(jax.random.key(0), (64,))
-    x, iters = flow.sample(
-        jax.random.key(0), (64,), method="jacobi", tol=1e-6, return_iterations=True
-    )
+    x, iters = flow.sample_with_iterations(jax.random.key(0), (64,), method="jacobi", tol=1e-6)
     assert np.all(np.asarray(iters) < 16), iters
     np.testing.assert_allclose(x, exact, atol=1e-5)
 
@@ -422,10 +420,34 @@ def test_iaf_log_prob_jacobi_matches_exact(x64):
     np.testing.assert_allclose(flow.log_prob(x, method="jacobi"), flow.log_prob(x), rtol=1e-12)
 
 
+def test_sample_with_iterations_and_the_deprecated_flag_agree_with_sample():
+    flow = perturb(jaxmaf.MAF(3, 2, (16,), rngs=nnx.Rngs(0)), scale=0.1)
+    key = jax.random.key(4)
+    x, iters = flow.sample_with_iterations(key, (6,), method="jacobi")
+    np.testing.assert_array_equal(x, flow.sample(key, (6,), method="jacobi"))
+    assert iters.shape == (2,) and np.all((iters >= 1) & (iters <= 3))
+    with pytest.warns(DeprecationWarning, match="sample_with_iterations"):
+        x_old, iters_old = flow.sample(key, (6,), method="jacobi", return_iterations=True)
+    np.testing.assert_array_equal(x_old, x)
+    np.testing.assert_array_equal(iters_old, iters)
+
+
 def test_bad_method_and_base_errors():
     flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="Unknown method 'newton'"):
         flow.sample(jax.random.key(0), (2,), method="newton")
+    with pytest.raises(ValueError, match="Unknown method 'newton'"):
+        flow.log_prob(jnp.zeros(2), method="newton")
+    # method and tol where the direction is one pass: refused, naming where they apply
+    with pytest.raises(ValueError, match=r"MAF.log_prob is one pass.*MAF.sample"):
+        flow.log_prob(jnp.zeros(2), method="jacobi")
+    with pytest.raises(ValueError, match="tol=0.1"):
+        flow.log_prob(jnp.zeros(2), tol=0.1)
+    iaf = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"IAF.sample is one pass.*IAF.log_prob"):
+        iaf.sample(jax.random.key(0), (2,), method="jacobi")
+    iaf.log_prob(jnp.zeros(2), method="jacobi", tol=1e-6)  # the sequential direction: fine
+    flow.sample(jax.random.key(0), (2,), method="jacobi", tol=1e-6)
     with pytest.raises(ValueError, match="Unknown base 'laplace'"):
         jaxmaf.MAF(2, 2, (8,), base="laplace", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="equal hidden widths for a residual MADE"):
@@ -472,12 +494,8 @@ def test_chunked_log_prob_gradient_and_one_context_broadcast(x64):
 def test_jacobi_iterations_with_chunks_are_the_most_any_chunk_used():
     flow = make_flow("maf", 6)
     key = jax.random.key(2)
-    x_whole, it_whole = flow.sample(
-        key, (12,), method="jacobi", return_iterations=True, chunk_size=None
-    )
-    x_chunk, it_chunk = flow.sample(
-        key, (12,), method="jacobi", return_iterations=True, chunk_size=5
-    )
+    x_whole, it_whole = flow.sample_with_iterations(key, (12,), method="jacobi", chunk_size=None)
+    x_chunk, it_chunk = flow.sample_with_iterations(key, (12,), method="jacobi", chunk_size=5)
     np.testing.assert_allclose(x_chunk, x_whole, rtol=1e-6, atol=1e-6)  # tol=0: both exact
     u = jax.random.normal(key, (12, 6))
     per_chunk = [flow._forward_counting(u[i : i + 5], None, "jacobi", 0.0)[1] for i in (0, 5, 10)]

@@ -45,13 +45,15 @@ def _calls(cls, ctx):
     sample_c = c
     calls = {
         "log_prob": lambda f: f.log_prob(x, c),
-        "log_prob jacobi": lambda f: f.log_prob(x, c, method="jacobi"),
         "sample": lambda f: f.sample(key, () if ctx else (7,), sample_c),
-        "sample jacobi": lambda f: f.sample(
-            key, () if ctx else (7,), sample_c, method="jacobi", return_iterations=True
-        ),
         "sample_and_log_prob": lambda f: f.sample_and_log_prob(key, () if ctx else (7,), sample_c),
     }
+    if cls is jaxmaf.IAF:  # jacobi where the direction is sequential: IAF density, MAF sampling
+        calls["log_prob jacobi"] = lambda f: f.log_prob(x, c, method="jacobi")
+    else:
+        calls["sample jacobi"] = lambda f: f.sample_with_iterations(
+            key, () if ctx else (7,), sample_c, method="jacobi"
+        )
     return calls
 
 

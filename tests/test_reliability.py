@@ -138,7 +138,8 @@ def test_bad_fit_arguments_are_refused_before_training(case):
     [
         (dict(learning_rate=float("nan")), "learning_rate"),
         (dict(learning_rate=[1e-3, -1.0]), "learning_rate"),
-        (dict(optimizer=optax.adam(1e-3)), "factory"),
+        (dict(optimizer=optax.adam(1e-3), learning_rate=1e-2), "rate is fixed"),
+        (dict(optimizer="adam"), "factory"),
         (dict(seeds=[0, 1.5]), "seeds"),
     ],
 )

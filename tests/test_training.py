@@ -274,6 +274,22 @@ def test_ensemble_members_match_single_fits_with_their_own_learning_rates():
     assert not np.allclose(hists[0].val_loss, hists[2].val_loss)
 
 
+def test_ensemble_takes_the_same_optimizer_object_as_fit():
+    """``optimizer=`` may be what fit takes (here a scheduled chain): every member uses it."""
+    x = gaussian_data(200, 3)
+    make = lambda rngs: jaxmaf.MAF(2, 2, (8,), rngs=rngs)  # noqa: E731
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(1e-2, 30))
+    )
+    kw = dict(batch_size=50, num_epochs=3, progress=False)
+    flows, hists = jaxmaf.fit_ensemble(make, x, seeds=[1, 2], optimizer=opt, **kw)
+    for flow, h, seed in zip(flows, hists, [1, 2], strict=True):
+        single = make(nnx.Rngs(seed))
+        hs = jaxmaf.fit(single, x, optimizer=opt, seed=seed, **kw)
+        np.testing.assert_allclose(h.train_loss, hs.train_loss, rtol=1e-5)
+        np.testing.assert_allclose(flow.log_prob(x), single.log_prob(x), rtol=1e-4, atol=1e-4)
+
+
 def test_ensemble_errors():
     make = lambda rngs: small_flow()  # noqa: E731
     with pytest.raises(ValueError, match="at least one seed"):
