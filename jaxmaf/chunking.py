@@ -1,4 +1,4 @@
-"""Evaluating a batch a chunk of rows at a time (``jax.lax.map`` with ``batch_size``)."""
+"""Evaluating a batch a chunk of rows at a time (``jax.lax.map`` over padded blocks)."""
 
 from __future__ import annotations
 
@@ -60,10 +60,14 @@ def chunked(
     """``fn(x, context)`` over the batch axes of ``x (..., D)``, ``chunk_size`` rows at a time.
 
     ``fn`` must treat rows independently and accept any leading batch shape;
-    the batch axes of ``x`` and ``context`` broadcast. Each chunk is one
-    vectorised call (``jax.lax.map(..., batch_size=chunk_size)``), so memory
-    is bounded by the chunk, and the result equals ``fn(x, context)`` up to
-    floating-point rounding.
+    the batch axes of ``x`` and ``context`` broadcast. The rows are padded to
+    a multiple of the chunk and ``jax.lax.map`` calls ``fn`` on one
+    ``(chunk_size, D)`` block at a time, so memory is bounded by the chunk
+    and ``fn`` is compiled once; the padded rows are dropped. The result
+    equals ``fn(x, context)`` up to floating-point rounding. (``lax.map``'s
+    own ``batch_size=`` vmaps a per-row ``fn`` and compiles the remainder
+    separately: the chunked tests of the suite took 55 s instead of 40 s,
+    mostly compilation.)
 
     Args:
       fn: ``(x, context) -> pytree`` of arrays with the batch shape leading.
@@ -86,12 +90,18 @@ def chunked(
     batch = x.shape[:-1]
     if context is not None:
         batch = jnp.broadcast_shapes(batch, jnp.shape(context)[:-1])
-    chunk = chunk_rows(chunk_size, math.prod(batch), batch_statistics)
+    n = math.prod(batch)
+    chunk = chunk_rows(chunk_size, n, batch_statistics)
     if chunk is None:
         return fn(x, context)
-    rows = jnp.broadcast_to(x, batch + x.shape[-1:]).reshape(-1, x.shape[-1])
-    if context is not None:
-        width = jnp.shape(context)[-1]
-        context = jnp.broadcast_to(context, batch + (width,)).reshape(-1, width)
-    out = jax.lax.map(lambda args: fn(*args), (rows, context), batch_size=chunk)
-    return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+    pad = (-n) % chunk
+
+    def blocks(a: Array) -> Array:
+        rows = jnp.broadcast_to(a, batch + a.shape[-1:]).reshape(n, a.shape[-1])
+        return jnp.pad(rows, [(0, pad), (0, 0)]).reshape(-1, chunk, a.shape[-1])
+
+    xs = (blocks(x), None if context is None else blocks(context))
+    out = jax.lax.map(lambda args: fn(*args), xs)
+    return jax.tree.map(
+        lambda o: o.reshape((-1,) + o.shape[2:])[:n].reshape(batch + o.shape[2:]), out
+    )
