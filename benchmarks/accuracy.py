@@ -42,6 +42,42 @@ import platform
 import statistics
 import time
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/out", help="writes DIR/accuracy.json")
+    p.add_argument(
+        "--quick", action="store_true", help="CI smoke run: 2 seeds, 3 epochs, smaller data"
+    )
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--datasets",
+        default="suite",
+        help="suite, heldout, all, or a comma-separated list of names",
+    )
+    p.add_argument(
+        "--variants",
+        default="default",
+        help="comma-separated jaxmaf variants, each one change from the defaults (the names "
+        "are the keys of VARIANTS in this file, e.g. ema_off,patience_none)",
+    )
+    p.add_argument("--no-flowjax", action="store_true")
+    p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--depth", type=int, default=2, help="MADE hidden layers")
+    p.add_argument("--width", type=int, default=256, help="MADE width above 2 dimensions")
+    p.add_argument("--width-2d", type=int, default=64, help="MADE width for 2-d data")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--patience", type=int, default=20)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -351,32 +387,7 @@ def markdown(result, use_flowjax, variants):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="benchmarks/out", help="writes DIR/accuracy.json")
-    p.add_argument(
-        "--quick", action="store_true", help="CI smoke run: 2 seeds, 3 epochs, smaller data"
-    )
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument(
-        "--datasets",
-        default="suite",
-        help="suite, heldout, all, or a comma-separated list of names",
-    )
-    p.add_argument(
-        "--variants",
-        default="default",
-        help=f"comma-separated jaxmaf variants: {', '.join(VARIANTS)}",
-    )
-    p.add_argument("--no-flowjax", action="store_true")
-    p.add_argument("--layers", type=int, default=5)
-    p.add_argument("--depth", type=int, default=2, help="MADE hidden layers")
-    p.add_argument("--width", type=int, default=256, help="MADE width above 2 dimensions")
-    p.add_argument("--width-2d", type=int, default=64, help="MADE width for 2-d data")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=150)
-    p.add_argument("--patience", type=int, default=20)
-    args = p.parse_args()
+    args = parse_args()
     if args.quick:
         args.seeds, args.epochs = min(args.seeds, 2), 3
     names = {"suite": SUITE, "heldout": HELDOUT, "all": SUITE + HELDOUT}.get(
@@ -385,14 +396,17 @@ def main():
     known = set(SUITE + HELDOUT)
     for name in names:
         if name not in known:
-            p.error(
+            raise SystemExit(
+                "accuracy.py: error: "
                 f"unknown data set {name!r}: expected suite, heldout, all, or names from "
                 f"{', '.join(SUITE + HELDOUT)}"
             )
     variants = args.variants.split(",")
     for v in variants:
         if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}: expected one of {', '.join(VARIANTS)}")
+            raise SystemExit(
+                f"accuracy.py: error: unknown variant {v!r}: expected one of {', '.join(VARIANTS)}"
+            )
     if "default" not in variants:
         variants.insert(0, "default")
     use_flowjax = not args.no_flowjax
@@ -400,7 +414,10 @@ def main():
         try:
             import flowjax  # noqa: F401
         except ImportError:
-            p.error("flowjax is not installed: pip install -e '.[bench]', or pass --no-flowjax")
+            raise SystemExit(
+                "accuracy.py: error: flowjax is not installed: pip install -e '.[bench]', "
+                "or pass --no-flowjax"
+            ) from None
 
     print(
         f"backend={jax.default_backend()} devices={jax.devices()} "

@@ -32,6 +32,25 @@ import subprocess
 import sys
 import time
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/out/interactive")
+    p.add_argument("--rounds", type=int, default=30, help="interleaved eager/jit rounds per call")
+    p.add_argument(
+        "--import-rounds", type=int, default=5, help="fresh processes per import (0: skip)"
+    )
+    p.add_argument("--no-peers", action="store_true", help="jaxmaf's calls only (no flowjax)")
+    p.add_argument("--no-train-step", action="store_true", help="skip the train-step table")
+    p.add_argument("--quick", action="store_true", help="3 rounds, 1 import round (CI smoke)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -291,16 +310,7 @@ def import_times(rounds):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="benchmarks/out/interactive")
-    p.add_argument("--rounds", type=int, default=30, help="interleaved eager/jit rounds per call")
-    p.add_argument(
-        "--import-rounds", type=int, default=5, help="fresh processes per import (0: skip)"
-    )
-    p.add_argument("--no-peers", action="store_true", help="jaxmaf's calls only (no flowjax)")
-    p.add_argument("--no-train-step", action="store_true", help="skip the train-step table")
-    p.add_argument("--quick", action="store_true", help="3 rounds, 1 import round (CI smoke)")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     if args.quick:
         args.rounds, args.import_rounds = 3, min(args.import_rounds, 1)
     os.makedirs(args.out, exist_ok=True)

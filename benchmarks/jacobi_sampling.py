@@ -18,6 +18,22 @@ import os
 import statistics
 import time
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/out/jacobi_sampling")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="2 epochs, 100 samples (CI smoke)")
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
 import jax
 import numpy as np
 import optax
@@ -46,13 +62,7 @@ def time_interleaved(fns, args, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/out/jacobi_sampling")
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--num-samples", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="2 epochs, 100 samples (CI smoke)")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     if args.quick:
         args.epochs, args.num_samples, args.repeats = 2, 100, 2
     os.makedirs(args.out, exist_ok=True)

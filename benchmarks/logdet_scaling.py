@@ -42,11 +42,9 @@ import platform
 import statistics
 import time
 
-import jax
-from _backend import matmul_precision_note
 
-
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/out/logdet_scaling")
     p.add_argument("--min-dim", type=int, default=2)
@@ -93,6 +91,13 @@ def parse_args(argv=None):
             f"{args.max_dim}, {args.diag_max_dim}"
         )
     return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+import jax
+from _backend import matmul_precision_note
 
 
 def timed(fn, *args, repeats, budget_s):

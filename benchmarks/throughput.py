@@ -39,15 +39,6 @@ import platform
 import statistics
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
-
-import jaxmaf
-from jaxmaf.transformers import _inverse_softplus
-
 WORKLOADS = {
     "D2": dict(dim=2, layers=4, hidden=(128, 128), batch=256),
     "D64": dict(dim=64, layers=5, hidden=(512, 512), batch=512),
@@ -56,9 +47,42 @@ WORKLOADS = {
     # No floor or TFP entry: both are affine here.
     "D16_spline": dict(dim=16, layers=4, hidden=(128, 128), batch=256, spline_bins=8),
 }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/out/throughput")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=10.0,
+        help="train-step and log_prob rounds go on until this many seconds per task",
+    )
+    ap.add_argument("--sample-repeats", type=int, default=3)
+    ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--quick", action="store_true", help="D2 only, few repeats (CI smoke)")
+    return ap.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxmaf
+from jaxmaf.transformers import inverse_softplus
+
 N_EVAL = 10_000
 LR = 1e-3
-OFFSET = _inverse_softplus(1.0 - 1e-3)
+OFFSET = inverse_softplus(1.0 - 1e-3)
 
 
 def compile_fn(fn, *args):
@@ -266,20 +290,7 @@ IMPLS = {"floor": floor_impl, "jaxmaf": jaxmaf_impl, "flowjax": flowjax_impl, "t
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/out/throughput")
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument(
-        "--min-seconds",
-        type=float,
-        default=10.0,
-        help="train-step and log_prob rounds go on until this many seconds per task",
-    )
-    ap.add_argument("--sample-repeats", type=int, default=3)
-    ap.add_argument("--skip-sampling", action="store_true")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--quick", action="store_true", help="D2 only, few repeats (CI smoke)")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     if args.quick:
         args.workloads, args.repeats, args.sample_repeats, args.min_seconds = "D2", 3, 1, 0.0
     os.makedirs(args.out, exist_ok=True)

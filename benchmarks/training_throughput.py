@@ -18,6 +18,20 @@ import platform
 import statistics
 import time
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/out/training_throughput")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="3 epochs (CI smoke)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,11 +165,7 @@ def time_ensemble(data, members, epochs, make_flow=make_flow, batch=BATCH):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="benchmarks/out/training_throughput")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--quick", action="store_true", help="3 epochs (CI smoke)")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     epochs = 3 if args.quick else args.epochs
     os.makedirs(args.out, exist_ok=True)
     data = datasets.circles()

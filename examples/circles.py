@@ -16,14 +16,6 @@ import json
 import os
 import time
 
-import jax
-import numpy as np
-import optax
-from flax import nnx
-
-import jaxmaf
-from jaxmaf import datasets, plotting
-
 # Hyperparameters (the tutorial's, trained for 150 epochs).
 EPOCHS = 150
 QUICK_EPOCHS = 3
@@ -34,6 +26,29 @@ BIG_HIDDEN = (128, 128)
 BIG_LAYERS = 4
 NUM_SAMPLES = 2000
 LIM = 2.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="examples/out/circles", help="output directory")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs (CI smoke)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS}")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+import jaxmaf
+from jaxmaf import datasets, plotting
 
 
 def train(flow, data, epochs, seed):
@@ -54,12 +69,7 @@ def train(flow, data, epochs, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="examples/out/circles", help="output directory")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs (CI smoke)")
-    parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS}")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     os.makedirs(args.out, exist_ok=True)
     device = jax.devices()[0]

@@ -14,6 +14,20 @@ import json
 import os
 import time
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (parsed before JAX is imported, so --help answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="examples/out/conditional_moons")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before JAX loads
+
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,11 +45,7 @@ LIM = 2.5
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="examples/out/conditional_moons")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
     os.makedirs(args.out, exist_ok=True)
     print(f"JAX backend: {jax.default_backend()}")

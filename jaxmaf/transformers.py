@@ -24,7 +24,19 @@ Array = jax.Array
 SCALE_PARAMETERISATIONS = ("softplus", "exp", "exp_softclamp")
 
 
-def _inverse_softplus(y: float) -> float:
+def inverse_softplus(y: float) -> float:
+    """The ``a`` with ``softplus(a) = y`` (``y > 0``), computed stably on the host.
+
+    Args:
+      y: a positive float.
+
+    Returns:
+      ``log(exp(y) - 1)`` as a float.
+
+    Examples:
+      >>> round(inverse_softplus(math.log(2.0)), 12)  # softplus(0) = log 2
+      0.0
+    """
     return y + math.log(-math.expm1(-y))
 
 
@@ -92,7 +104,7 @@ class Affine:
         """Splits ``params (..., D, 2)`` into ``(b, s, log s)``, each ``(..., D)``."""
         b, raw = params[..., 0], params[..., 1]
         if self.scale == "softplus":
-            offset = _inverse_softplus(1.0 - self.min_scale)
+            offset = inverse_softplus(1.0 - self.min_scale)
             s = jax.nn.softplus(raw + offset) + self.min_scale
             return b, s, jnp.log(s)
         if self.scale == "exp":
@@ -228,7 +240,7 @@ class Spline:
             pad = jnp.ones(inner.shape[:-1] + (1,), dtype)
             return jnp.concatenate([lo * pad, inner, hi * pad], axis=-1)
 
-        offset = _inverse_softplus(1.0 - self.min_knot_slope)
+        offset = inverse_softplus(1.0 - self.min_knot_slope)
         slopes = jax.nn.softplus(params[..., 2 * k + 1 : 3 * k] + offset) + self.min_knot_slope
         ones = jnp.ones(slopes.shape[:-1] + (1,), dtype)
         slopes = jnp.concatenate([ones, slopes, ones], axis=-1)

@@ -42,3 +42,35 @@ def test_example_quick(tmp_path, name, nll_keys, min_pngs):
     assert len(pngs) >= min_pngs
     for p in pngs:  # real PNG files, not empty placeholders
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_every_script_answers_help_before_importing_jax():
+    """``--help`` and bad flags of every example and benchmark return before JAX is imported."""
+    scripts = sorted(
+        os.path.join(folder, f)
+        for folder in ("examples", "benchmarks")
+        for f in os.listdir(os.path.join(ROOT, folder))
+        if f.endswith(".py") and not f.startswith("_")
+    )
+    code = (
+        "import os, runpy, sys\n"
+        "results = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    sys.path.insert(0, os.path.dirname(path))\n"
+        "    for flags in (['--help'], ['--no-such-flag']):\n"
+        "        sys.argv = [path, *flags]\n"
+        "        try:\n"
+        "            runpy.run_path(path, run_name='__main__')\n"
+        "        except SystemExit as e:\n"
+        "            results.append((path, flags[0], e.code, 'jax' in sys.modules))\n"
+        "print(results)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *scripts], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    results = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own printout
+    assert len(results) == 2 * len(scripts), out.stdout
+    for path, flag, code_, jax_loaded in results:
+        assert code_ == (0 if flag == "--help" else 2), (path, flag, code_)
+        assert not jax_loaded, f"{path} {flag} imported JAX first"
