@@ -24,6 +24,7 @@ from jaxmaf.masked_linear import MaskedLinear
 from jaxmaf.serialization import load, save
 from jaxmaf.training import fit
 from jaxmaf.transformers import Affine, Spline
+from jaxmaf.variational import VariationalHistory, fit_variational
 
 __version__ = "0.1.0"
 
@@ -43,11 +44,13 @@ __all__ = [
     "Permute",
     "Spline",
     "StandardNormal",
+    "VariationalHistory",
     "check_data",
     "dense_jacobian",
     "dense_log_det",
     "fit",
     "fit_ensemble",
+    "fit_variational",
     "get_activation",
     "is_autoregressive",
     "jacobian_nonzero",

@@ -18,13 +18,12 @@ from collections.abc import Sequence
 import distrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxmaf import eager
 from jaxmaf.bijectors import SEQUENTIAL_METHODS, MaskedAutoregressive
 from jaxmaf.chunking import chunk_rows, chunked
-from jaxmaf.validation import check_context, check_event, check_key
+from jaxmaf.validation import check_context, check_event, check_key, check_sample_shape
 
 Array = jax.Array
 
@@ -442,17 +441,8 @@ class Flow(nnx.Module):
         """Checks a sampling call's arguments; returns the sample shape as a tuple of ints."""
         check_context(context, self.context_dim)
         check_key(key)
-        if isinstance(sample_shape, int | np.integer):
-            shape = (sample_shape,)
-        elif isinstance(sample_shape, Sequence | np.ndarray):
-            shape = tuple(sample_shape)
-        else:
-            shape = (None,)  # refused below
-        if any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0 for n in shape):
-            raise ValueError(
-                f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
-            )
-        return tuple(int(n) for n in shape), None if context is None else jnp.asarray(context)
+        shape = check_sample_shape(sample_shape)
+        return shape, None if context is None else jnp.asarray(context)
 
     def _base_noise(self, key: Array, shape: tuple[int, ...], context: Array | None) -> Array:
         batch = () if context is None else tuple(jnp.shape(context)[:-1])

@@ -326,3 +326,32 @@ def check_context(context: Any, context_dim: int) -> None:
             f"context= of shape (..., {context_dim}); got None."
         )
     check_event(context, context_dim, "context")
+
+
+def check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
+    """A sample shape: an int >= 0 or a sequence of them.
+
+    Args:
+      sample_shape: what the caller passed.
+
+    Returns:
+      the shape as a tuple of Python ints.
+
+    Raises:
+      ValueError: anything else (a float, a negative size, None).
+
+    Examples:
+      >>> check_sample_shape(3), check_sample_shape((2, np.int64(4)))
+      ((3,), (2, 4))
+    """
+    if isinstance(sample_shape, numbers.Integral) and not isinstance(sample_shape, bool):
+        shape: tuple = (sample_shape,)
+    elif isinstance(sample_shape, Sequence | np.ndarray):
+        shape = tuple(sample_shape)
+    else:
+        shape = (None,)  # refused below
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0 for n in shape):
+        raise ValueError(
+            f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
+        )
+    return tuple(int(n) for n in shape)

@@ -18,7 +18,7 @@ LAYERS = [
     {"flow"},
     {"flows"},
     {"serialization"},
-    {"checkpoint", "train_state", "ensemble"},
+    {"checkpoint", "train_state", "ensemble", "variational"},
     {"training"},
     {"plotting"},
 ]
