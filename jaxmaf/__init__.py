@@ -17,6 +17,7 @@ from jaxmaf.ensemble import fit_ensemble
 from jaxmaf.epochs import check_data
 from jaxmaf.flow import Flow
 from jaxmaf.flows import IAF, MAF
+from jaxmaf.for_numpyro import as_numpyro, numpyro_flow, update_from_numpyro
 from jaxmaf.history import History
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
 from jaxmaf.made import MADE
@@ -45,6 +46,7 @@ __all__ = [
     "Spline",
     "StandardNormal",
     "VariationalHistory",
+    "as_numpyro",
     "check_data",
     "dense_jacobian",
     "dense_log_det",
@@ -56,6 +58,8 @@ __all__ = [
     "jacobian_nonzero",
     "load",
     "masks",
+    "numpyro_flow",
     "save",
     "standard_normal_log_prob",
+    "update_from_numpyro",
 ]

@@ -17,7 +17,7 @@ LAYERS = [
     {"made", "bases", "config", "bijectors"},
     {"flow"},
     {"flows"},
-    {"serialization"},
+    {"serialization", "for_numpyro"},
     {"checkpoint", "train_state", "ensemble", "variational"},
     {"training"},
     {"plotting"},

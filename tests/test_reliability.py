@@ -486,7 +486,7 @@ def test_core_import_leaves_out_scikit_learn_and_matplotlib_and_starts_no_backen
 
     code = (
         "import sys, jaxmaf; from jax._src import xla_bridge; "
-        "loaded = [m for m in ('sklearn', 'matplotlib') if m in sys.modules]; "
+        "loaded = [m for m in ('sklearn', 'matplotlib', 'numpyro') if m in sys.modules]; "
         "loaded += ['a JAX backend'] if getattr(xla_bridge, '_backends', None) else []; "
         "print(loaded); sys.exit(1 if loaded else 0)"
     )
