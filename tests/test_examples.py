@@ -44,6 +44,20 @@ def test_example_quick(tmp_path, name, nll_keys, min_pngs):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
+def test_variational_example_quick(tmp_path):
+    """Both targets, jaxmaf and numpyro's AutoIAFNormal: finite KLs at least 0, a figure."""
+    pytest.importorskip("numpyro")
+    run_example("variational.py", str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for name in ("banana", "funnel"):
+        row = metrics[name]
+        for lib in ("jaxmaf", "numpyro"):  # a KL estimate: >= 0 up to its Monte Carlo error
+            assert math.isfinite(row[f"{lib}_kl"]) and row[f"{lib}_kl"] > -3 * row[f"{lib}_kl_se"]
+        assert row["jaxmaf_steps_per_s"] > 0 and row["numpyro_steps_per_s_per_call"] > 0
+    png = tmp_path / "targets_and_samples.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
 def test_every_script_answers_help_before_importing_jax():
     """``--help`` and bad flags of every example and benchmark return before JAX is imported."""
     scripts = sorted(
