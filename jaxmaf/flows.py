@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmaf.activations import get_activation
-from jaxmaf.bases import BASES, make_base
+from jaxmaf.bases import BASES, make_base, standard_normal_log_prob
 from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
 from jaxmaf.config import FlowConfig
 from jaxmaf.flow import Flow
@@ -33,6 +33,7 @@ from jaxmaf.validation import (
 
 Array = jax.Array
 PERMUTATIONS = ("auto", "reverse", "random", "none")
+__all__ = ["BASES", "IAF", "MAF", "PERMUTATIONS", "FlowConfig", "standard_normal_log_prob"]
 
 
 class _AutoregressiveFlow(Flow):

@@ -21,6 +21,7 @@ from jaxmaf.validation import (
     check_param_dtype,
     check_rngs,
     constructor_signature,
+    default_dtype,
     host_seed,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "BoundMADE",
     "Constant",
     "MaskedLinear",
+    "default_dtype",
     "get_activation",
     "uniform_fan_in",
 ]

@@ -77,13 +77,14 @@ def save_state(
     fileformat.atomic_write(path, fileformat.encode("train_state", payload))
 
 
-def load_state(path, flow, params, opt_state, key, fingerprint):
+def load_state(path, flow, params, opt_state, key, fingerprint, history_cls=History):
     """Reads a training state written by :func:`save_state`, checking it against this run.
 
     Every mismatch is a ValueError that names it: the flow's configuration
     (architecture, transformer, dtype), the run (data size, batch size,
     seed), the optimizer's state structure, then each array's name, shape and
-    dtype.
+    dtype. ``history_cls`` is the dataclass the history is restored as
+    (:class:`History` for :func:`jaxmaf.fit`).
     """
     source = repr(os.fspath(path))
     payload = fileformat.read(path, "train_state")
@@ -149,17 +150,17 @@ def load_state(path, flow, params, opt_state, key, fingerprint):
         and stored_key.dtype == key_data.dtype
     ):
         raise ValueError(f"{source}: expected a random key of {key_data.dtype}{key_data.shape}.")
-    history_fields = {f.name for f in dataclasses.fields(History)}
+    history_fields = {f.name for f in dataclasses.fields(history_cls)}
     if not isinstance(saved_history, dict) or set(saved_history) != history_fields:
         raise ValueError(f"{source}: expected the history with fields {sorted(history_fields)}.")
-    history = History(**saved_history)
+    history = history_cls(**saved_history)
     counters = [payload["since_best"], payload["next_epoch"]]
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counters):
         raise ValueError(f"{source}: expected non-negative integer epoch counters, got {counters}.")
-    if len(history.train_loss) != payload["next_epoch"]:
+    recorded = len(history.train_loss if hasattr(history, "train_loss") else history.elbo)
+    if recorded != payload["next_epoch"]:
         raise ValueError(
-            f"{source}: the history has {len(history.train_loss)} epochs, the state says "
-            f"{payload['next_epoch']}."
+            f"{source}: the history has {recorded} entries, the state says {payload['next_epoch']}."
         )
     return (
         restored_params,

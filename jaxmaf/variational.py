@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 
 from jaxmaf.progress import progress_bar
+from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
 from jaxmaf.validation import check_context, check_int
 
 Array = jax.Array
@@ -47,6 +49,13 @@ class VariationalHistory:
     steps: int = 0
     wall_time: float = 0.0
     stop_reason: str = "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the history."""
+        return dataclasses.asdict(self)
+
+
+VARIATIONAL_STATE = "variational_state.msgpack"
 
 
 def _elbo(params, rest, graphdef, key, log_target, num_samples, context):
@@ -135,6 +144,8 @@ def fit_variational(
     steps_per_block: int = 100,
     eval_samples: int = 4096,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> VariationalHistory:
     """Fits ``flow`` to ``exp(log_target)`` in place by maximising the ELBO (reverse KL).
 
@@ -166,6 +177,11 @@ def fit_variational(
       steps_per_block: steps per compiled program (and per history entry).
       eval_samples: samples of the fixed ELBO estimate after each block.
       progress: show a progress bar (as in :func:`jaxmaf.fit`).
+      checkpoint_dir: write the state after every block
+        (``variational_state.msgpack``, the checked format of
+        :mod:`jaxmaf.fileformat`) and the best flow (``best.jaxmaf``).
+      resume: continue from the state in ``checkpoint_dir`` (if present) to
+        the same result as an uninterrupted run; ``num_steps`` may grow.
 
     Returns:
       a :class:`VariationalHistory`.
@@ -177,7 +193,8 @@ def fit_variational(
         ``init``/``update``; a context missing, unexpected or of the wrong
         width; a ``log_target`` that fails on, or does not return one real
         per point for, a batch of the flow's samples (the message names the
-        shapes).
+        shapes); ``resume`` without ``checkpoint_dir``, or from a state written
+        for another flow, run (batch size, block length, seed) or optimizer.
 
     Examples:
       >>> flow = jaxmaf.IAF(2, 2, (16,), rngs=nnx.Rngs(0))
@@ -205,16 +222,34 @@ def fit_variational(
     dtype = jax.tree.leaves(nnx.state(flow, nnx.Param))[0].dtype
     context = None if context is None else jnp.asarray(context, dtype)
 
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (where the state is).")
+
     graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
     opt_state = optimizer.init(params)
     key, eval_key = jax.random.split(jax.random.key(seed))
     history = VariationalHistory()
-    best = params
+    best, start_block = params, 0
+    fingerprint = dict(
+        kind="variational",
+        batch_size=batch_size,
+        steps_per_block=steps_per_block,
+        eval_samples=eval_samples,
+        seed=seed,
+        context_shape=None if context is None else list(context.shape),
+    )
+    ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, VARIATIONAL_STATE)
+    if ckpt is not None:
+        check_checkpoint_dir(checkpoint_dir, flow)
+    if resume and os.path.exists(ckpt):
+        (params, _), opt_state, key, (best, _), history, _, start_block = load_state(
+            ckpt, flow, (params, rest), opt_state, key, fingerprint, VariationalHistory
+        )
     num_blocks = -(-num_steps // steps_per_block)
-    bar = progress_bar(num_blocks) if progress else None
-    start = time.perf_counter()
+    bar = progress_bar(num_blocks, min(start_block, num_blocks)) if progress else None
+    start = time.perf_counter() - history.wall_time
     try:
-        for block in range(num_blocks):
+        for block in range(start_block, num_blocks):
             new_params, new_opt_state, key, train, judged = _block(
                 params,
                 rest,
@@ -246,6 +281,22 @@ def fit_variational(
             history.elbo.append(judged)
             if judged > history.best_elbo:
                 history.best_elbo, history.best_block, best = judged, block, params
+            history.wall_time = time.perf_counter() - start
+            if ckpt is not None:
+                save_state(
+                    ckpt,
+                    flow,
+                    (params, rest),
+                    opt_state,
+                    key,
+                    (best, rest),
+                    history,
+                    0,
+                    block + 1,
+                    fingerprint,
+                )
+                if history.best_block == block:
+                    save_best(checkpoint_dir, flow, (best, rest))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({"elbo": f"{judged:.4f}"})

@@ -140,3 +140,41 @@ def test_bad_arguments_are_refused_before_training(kwargs, match):
         jaxmaf.fit_variational(flow, **kw)
     for a, b in zip(before, jax.tree.leaves(nnx.state(flow)), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    kw = dict(
+        num_steps=60, batch_size=32, steps_per_block=10, optimizer=optax.adam(1e-2), progress=False
+    )
+    reference = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
+    h_ref = jaxmaf.fit_variational(reference, gaussian, **kw)
+
+    real, calls = jaxmaf.variational._block, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    flow = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
+    monkeypatch.setattr(jaxmaf.variational, "_block", interrupted)
+    h1 = jaxmaf.fit_variational(flow, gaussian, checkpoint_dir=tmp_path, **kw)
+    monkeypatch.setattr(jaxmaf.variational, "_block", real)
+    assert h1.stop_reason == "interrupted" and len(h1.elbo) == 3
+    assert (tmp_path / "best.jaxmaf").exists()
+    resumed = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
+    h2 = jaxmaf.fit_variational(resumed, gaussian, checkpoint_dir=tmp_path, resume=True, **kw)
+    np.testing.assert_allclose(h2.elbo, h_ref.elbo, rtol=1e-6)
+    assert h2.best_block == h_ref.best_block and h2.steps == 60
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(resumed)), jax.tree.leaves(nnx.state(reference)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # another run's settings are refused by name
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxmaf.fit_variational(
+            resumed, gaussian, checkpoint_dir=tmp_path, resume=True, **(kw | {"batch_size": 16})
+        )
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        jaxmaf.fit_variational(resumed, gaussian, resume=True, **kw)
