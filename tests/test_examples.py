@@ -45,11 +45,11 @@ def test_example_quick(tmp_path, name, nll_keys, min_pngs):
 
 
 def test_variational_example_quick(tmp_path):
-    """Both targets, jaxmaf and numpyro's AutoIAFNormal: finite KLs at least 0, a figure."""
+    """Quick mode (the banana), jaxmaf and numpyro's AutoIAFNormal: KLs >= 0, a figure."""
     pytest.importorskip("numpyro")
     run_example("variational.py", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for name in ("banana", "funnel"):
+    for name in ("banana",):
         row = metrics[name]
         for lib in ("jaxmaf", "numpyro"):  # a KL estimate: >= 0 up to its Monte Carlo error
             assert math.isfinite(row[f"{lib}_kl"]) and row[f"{lib}_kl"] > -3 * row[f"{lib}_kl_se"]

@@ -66,13 +66,19 @@ def test_log_prob_matches_dense_float32(name):
 def test_round_trip_and_forward_log_det(name, dim, x64):
     flow = make_flow(name, dim)
     x, c = make_inputs(name, dim)
-    bij = flow.bijector(c)
-    u, ildj = bij.inverse_and_log_det(x)
-    np.testing.assert_allclose(bij.forward(u), x, rtol=1e-10, atol=1e-10)
-    y, fldj = bij.forward_and_log_det(u)
+
+    @jax.jit  # one program, not op-by-op dispatch
+    def round_trip(flow, x, c):
+        bij = flow.bijector(c)
+        u, ildj = bij.inverse_and_log_det(x)
+        y, fldj = bij.forward_and_log_det(u)
+        return u, ildj, bij.forward(u), y, fldj, bij.inverse(x)
+
+    u, ildj, x_again, y, fldj, u_again = round_trip(flow, x, c)
+    np.testing.assert_allclose(x_again, x, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(y, x, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(fldj, -ildj, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(bij.inverse(x), u, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(u_again, u, rtol=1e-12, atol=1e-12)
     # forward log-det against the dense Jacobian of the sampling direction.
     _, dense_fldj = _dense(flow, u, c, direction="forward")
     np.testing.assert_allclose(fldj, dense_fldj, rtol=1e-9, atol=1e-9)
@@ -107,7 +113,7 @@ def test_gradients_reach_every_parameter(name):
     def loss(p):
         return -nnx.merge(graphdef, p, rest).log_prob(x, context=c).mean()
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert np.all(np.isfinite(g)), path
         assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
@@ -128,15 +134,20 @@ def test_distrax_transformed_agrees(name, dim, x64):
     flow = make_flow(name, dim)
     x, c = make_inputs(name, dim)
     c0 = None if c is None else c[0]
-    dist = distrax.Transformed(flow.base_distribution(), flow.bijector(c0))
-    tol = dict(rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dist.log_prob(x), flow.log_prob(x, c0), **tol)
-    np.testing.assert_allclose(flow.distribution(c0).log_prob(x), flow.log_prob(x, c0), **tol)
     key = jax.random.key(3)
-    np.testing.assert_allclose(
-        dist.sample(seed=key, sample_shape=7), flow.sample(key, (7,), c0), **tol
-    )
-    xs, lps = dist.sample_and_log_prob(seed=key, sample_shape=7)
+
+    @jax.jit  # distrax's own code, compiled once instead of dispatched op by op
+    def via_distrax(flow, x, c0, key):
+        dist = distrax.Transformed(flow.base_distribution(), flow.bijector(c0))
+        xs, lps = dist.sample_and_log_prob(seed=key, sample_shape=7)
+        lp_view = flow.distribution(c0).log_prob(x)
+        return dist.log_prob(x), lp_view, dist.sample(seed=key, sample_shape=7), xs, lps
+
+    lp, lp_view, samples, xs, lps = via_distrax(flow, x, c0, key)
+    tol = dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(lp, flow.log_prob(x, c0), **tol)
+    np.testing.assert_allclose(lp_view, flow.log_prob(x, c0), **tol)
+    np.testing.assert_allclose(samples, flow.sample(key, (7,), c0), **tol)
     np.testing.assert_allclose(lps, flow.log_prob(xs, c0), rtol=1e-8, atol=1e-8)
 
 
@@ -212,7 +223,7 @@ def test_first_dimension_depends_on_context(name, dim):
         u, _ = flow.bijector(ctx).inverse_and_log_det(x[0])
         return u[0]
 
-    g = jax.grad(first_log_density)(c[0])
+    g = jax.jit(jax.grad(first_log_density))(c[0])
     assert g.shape == (CONTEXT_DIM,)
     assert np.all(np.abs(g) > 0)
 
@@ -360,8 +371,8 @@ def test_spline_inside_and_outside_tail_bound(cls, x64):
     x = jnp.array([[0.1, -0.4, 0.9], [3.0, -2.5, 0.2], [-4.0, 5.0, 6.0], [1.4, -1.49, 0.0]])
     lp = flow.log_prob(x)
     np.testing.assert_allclose(lp, _dense_log_prob(flow, x, None), rtol=1e-10, atol=1e-10)
-    bij = flow.bijector()
-    np.testing.assert_allclose(bij.forward(bij.inverse(x)), x, rtol=1e-10, atol=1e-10)
+    again = jax.jit(lambda f, x: f.bijector().forward(f.bijector().inverse(x)))(flow, x)
+    np.testing.assert_allclose(again, x, rtol=1e-10, atol=1e-10)
 
 
 def test_spline_tails_are_identity():
@@ -485,7 +496,8 @@ def test_chunked_log_prob_gradient_and_one_context_broadcast(x64):
     def loss(p, chunk):
         return -jnp.mean(nnx.merge(graphdef, p).log_prob(x, c[0], chunk_size=chunk))
 
-    g_chunk, g_whole = jax.grad(loss)(params, 4), jax.grad(loss)(params, None)
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g_chunk, g_whole = grad(params, 4), grad(params, None)
     for a, b in zip(jax.tree.leaves(g_chunk), jax.tree.leaves(g_whole), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     assert any(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(g_chunk))
@@ -529,11 +541,16 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
     t = jaxmaf.Spline(num_bins, 3.0)
     x = 4.0 * jax.random.normal(jax.random.key(0), (500, 5))  # inside and outside the bound
     p = 1.5 * jax.random.normal(jax.random.key(1), (500, 5, t.num_params))
-    ref = distrax.RationalQuadraticSpline(p, -3.0, 3.0, boundary_slopes="identity")
-    for ours, theirs in (
-        (t.inverse_and_log_det(x, p), ref.forward_and_log_det(x)),
-        (t.forward_and_log_det(x, p), ref.inverse_and_log_det(x)),
-    ):
+
+    @jax.jit  # compiled once, not dispatched op by op
+    def both(x, p):
+        ref = distrax.RationalQuadraticSpline(p, -3.0, 3.0, boundary_slopes="identity")
+        return (
+            (t.inverse_and_log_det(x, p), ref.forward_and_log_det(x)),
+            (t.forward_and_log_det(x, p), ref.inverse_and_log_det(x)),
+        )
+
+    for ours, theirs in both(x, p):
         np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-12, atol=1e-12)
     outside = np.abs(np.asarray(x)) >= 3.0
@@ -542,12 +559,14 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
     def loss(fn):
         return lambda q: jnp.sum(fn(q)[0] + fn(q)[1])
 
-    g_ours = jax.grad(loss(lambda q: t.inverse_and_log_det(x, q)))(p)
-    g_ref = jax.grad(
-        loss(
-            lambda q: distrax.RationalQuadraticSpline(
-                q, -3.0, 3.0, boundary_slopes="identity"
-            ).forward_and_log_det(x)
+    g_ours = jax.jit(jax.grad(loss(lambda q: t.inverse_and_log_det(x, q))))(p)
+    g_ref = jax.jit(
+        jax.grad(
+            loss(
+                lambda q: distrax.RationalQuadraticSpline(
+                    q, -3.0, 3.0, boundary_slopes="identity"
+                ).forward_and_log_det(x)
+            )
         )
     )(p)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-10, atol=1e-10)
@@ -578,7 +597,9 @@ def test_a_user_transformer_trains_samples_and_matches_the_dense_formula(tmp_pat
     flow = perturb(jaxmaf.MAF(3, 2, (16,), transformer=ShiftScale(), rngs=nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(1), (5, 3))
     bij = flow.bijector()
-    u, dense = jax.vmap(lambda v: (bij.inverse(v), jaxmaf.dense_log_det(bij.inverse, v)))(x)
+    u, dense = jax.jit(jax.vmap(lambda v: (bij.inverse(v), jaxmaf.dense_log_det(bij.inverse, v))))(
+        x
+    )
     np.testing.assert_allclose(flow.log_prob(x), flow.base_log_prob(u) + dense, rtol=1e-5)
     xs = flow.sample(jax.random.key(2), (4,))
     np.testing.assert_allclose(bij.forward(bij.inverse(xs)), xs, rtol=1e-5, atol=1e-5)

@@ -95,7 +95,7 @@ def test_made_output_ignores_inputs_not_before_it(dim, order, hidden, context_di
     )
     x = jax.random.normal(jax.random.key(0), (8, dim))
     c = jax.random.normal(jax.random.key(1), (context_dim,)) if context_dim else None
-    jac = jax.vmap(jax.jacfwd(lambda v: made(v, c)))(x)  # (8, dim, P, dim)
+    jac = jax.jit(jax.vmap(jax.jacfwd(lambda v: made(v, c))))(x)  # (8, dim, P, dim)
     assert jac.shape == (8, dim, 3, dim)
     deg = made.degrees.array
     forbidden = deg[None, :] >= deg[:, None]  # [i, j]: output i, input j
