@@ -19,7 +19,7 @@ from jaxmaf.averaging import DEFAULT_EMA_EPOCHS, ema_decay, with_parameter_avera
 from jaxmaf.epochs import STATIC, epoch_body, eval_loss, prepare, split_modes
 from jaxmaf.history import History
 from jaxmaf.progress import progress_bar
-from jaxmaf.validation import check_float, check_int
+from jaxmaf.validation import check_float, check_int, is_transformation
 
 
 def _select(mask, new, old):
@@ -162,9 +162,7 @@ def fit_ensemble(
         ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
     if not seeds:
         raise ValueError("Expected at least one seed, got none.")
-    shared = callable(getattr(optimizer, "init", None)) and callable(
-        getattr(optimizer, "update", None)
-    )
+    shared = is_transformation(optimizer)
     if shared and learning_rate is not None:
         raise ValueError(
             f"Got learning_rate={learning_rate!r} with an optimizer transformation, whose rate is "

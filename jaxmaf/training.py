@@ -37,7 +37,7 @@ from jaxmaf.train_state import (
     save_best,
     save_state,
 )
-from jaxmaf.validation import check_float, check_int
+from jaxmaf.validation import check_float, check_int, check_optimizer
 
 __all__ = [
     "BEST_FLOW",
@@ -178,13 +178,7 @@ def fit(
     seed = check_int("seed", seed, minimum=0)
     if ema_epochs is not None:
         ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
-    if optimizer is not None and not (
-        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-    ):
-        raise ValueError(
-            "Expected optimizer to be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
-            f"got {optimizer!r}."
-        )
+    check_optimizer(optimizer)
     optimizer = optimizer or _DEFAULT_OPTIMIZER
     decay = ema_decay(ema_epochs, run.num_batches)
     if decay is not None:

@@ -355,3 +355,41 @@ def check_sample_shape(sample_shape: Any) -> tuple[int, ...]:
             f"Expected sample_shape to be an int >= 0 or a tuple of them, got {sample_shape!r}."
         )
     return tuple(int(n) for n in shape)
+
+
+def is_transformation(optimizer: Any) -> bool:
+    """Whether ``optimizer`` looks like an Optax transformation (``init`` and ``update``).
+
+    Examples:
+      >>> import optax
+      >>> is_transformation(optax.adam(1e-3)), is_transformation(optax.adam)
+      (True, False)
+    """
+    return callable(getattr(optimizer, "init", None)) and callable(
+        getattr(optimizer, "update", None)
+    )
+
+
+def check_optimizer(optimizer: Any) -> Any:
+    """None or an Optax transformation (what ``fit`` and ``fit_variational`` take).
+
+    Args:
+      optimizer: what the caller passed.
+
+    Returns:
+      ``optimizer``.
+
+    Raises:
+      ValueError: anything else (a factory such as ``optax.adam``, a name).
+
+    Examples:
+      >>> import optax
+      >>> check_optimizer(optax.sgd(0.1)) is not None, check_optimizer(None)
+      (True, None)
+    """
+    if optimizer is not None and not is_transformation(optimizer):
+        raise ValueError(
+            "Expected optimizer to be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
+            f"got {optimizer!r}."
+        )
+    return optimizer

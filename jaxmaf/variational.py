@@ -19,7 +19,7 @@ from flax import nnx
 
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
-from jaxmaf.validation import check_context, check_int
+from jaxmaf.validation import check_context, check_int, check_optimizer
 
 Array = jax.Array
 
@@ -209,13 +209,7 @@ def fit_variational(
     steps_per_block = check_int("steps_per_block", steps_per_block, minimum=1)
     eval_samples = check_int("eval_samples", eval_samples, minimum=1)
     seed = check_int("seed", seed, minimum=0)
-    if optimizer is not None and not (
-        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-    ):
-        raise ValueError(
-            "Expected optimizer to be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
-            f"got {optimizer!r}."
-        )
+    check_optimizer(optimizer)
     optimizer = optimizer or optax.adam(1e-3)
     check_context(context, getattr(flow, "context_dim", 0))
     _check_target(log_target, flow, batch_size, context)
