@@ -213,10 +213,16 @@ def main(argv=None):
             )
         print(line)
         metrics[name] = row
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:  # a diverged fit's NaN: null
+        json.dump(_finite_or_none(metrics), f, indent=2)
     figures(samples, args.out)
     print(f"wrote {args.out}/metrics.json and figures")
+
+
+def _finite_or_none(tree):
+    if isinstance(tree, dict):
+        return {k: _finite_or_none(v) for k, v in tree.items()}
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
 def figures(samples, out):
