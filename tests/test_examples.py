@@ -86,5 +86,6 @@ def test_every_script_answers_help_before_importing_jax():
     results = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own printout
     assert len(results) == 2 * len(scripts), out.stdout
     for path, flag, code_, jax_loaded in results:
-        assert code_ == (0 if flag == "--help" else 2), (path, flag, code_)
+        expected = 0 if flag == "--help" else 2  # argparse: 0 for help, 2 for a bad flag
+        assert code_ == expected, (path, flag, code_)
         assert not jax_loaded, f"{path} {flag} imported JAX first"
