@@ -1,19 +1,16 @@
 """The generic flow: a base distribution pushed through a bijector, as an NNX module.
 
-:class:`Flow` holds what every flow does with its bijector: the density
-(``log_prob``), sampling (``sample``, ``sample_and_log_prob``), the distrax
-view (``distribution``), evaluation in chunks, and eager calls that compile
-once (:mod:`jaxmaf.eager`). A subclass provides the layers: a base
-distribution module ``base`` (:mod:`jaxmaf.bases`), ``dim``,
-``context_dim``, ``batch_norms`` (possibly empty) and
-:meth:`Flow.bijector`. :class:`jaxmaf.MAF` and :class:`jaxmaf.IAF` are such
-subclasses.
+:class:`Flow` holds what every flow does with its bijector: density, sampling,
+the distrax view, evaluation in chunks, and eager calls that compile once
+(:mod:`jaxmaf.eager`). Subclasses (:class:`jaxmaf.MAF`, :class:`jaxmaf.IAF`)
+provide the base, the layers and :meth:`Flow.bijector`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import distrax
 import jax
@@ -34,9 +31,12 @@ class Flow(nnx.Module):
     Attributes a subclass sets: ``base`` (a module with ``log_prob``,
     ``sample`` and ``distribution``), ``dim``, ``context_dim``,
     ``batch_norms`` (the batch-norm modules, whose mode decides whether a
-    batch may be split into chunks).
+    batch may be split into chunks), and the class attribute ``inverted``:
+    False when sampling is the sequential direction (MAF), True when the
+    density is (IAF).
     """
 
+    inverted: ClassVar[bool] = False
     base: nnx.Module
     dim: int
     context_dim: int
@@ -66,7 +66,7 @@ class Flow(nnx.Module):
         return self.base.log_prob(u)
 
     def distribution(self, context: Array | None = None) -> distrax.Distribution:
-        """The flow as ``distrax.Transformed(standard normal, self.bijector(context))``.
+        """The flow as ``distrax.Transformed(self.base_distribution(), self.bijector(context))``.
 
         Args:
           context: ``(context_dim,)`` for a conditional flow (a batch of
@@ -122,7 +122,7 @@ class Flow(nnx.Module):
 
     def _sequential(self) -> str:
         """The public method whose direction is sequential: ``"sample"`` (MAF) or ``"log_prob"``."""
-        return "log_prob" if getattr(self, "inverted", False) else "sample"
+        return "log_prob" if self.inverted else "sample"
 
     def _check_method(self, name: str, method: str, tol: float) -> None:
         """Refuses ``method``/``tol`` where they mean nothing (the one-pass direction)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 import distrax
 import jax
@@ -43,8 +42,6 @@ class _AutoregressiveFlow(Flow):
     chains them into :meth:`bijector`; density, sampling and chunking are
     :class:`jaxmaf.flow.Flow`'s.
     """
-
-    inverted: ClassVar[bool] = False
 
     def __init__(
         self,
