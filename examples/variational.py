@@ -94,8 +94,9 @@ def make_iaf(dim, seed):
     )
 
 
-def run_jaxmaf(log_target, dim, steps, seed, kl_samples):
+def run_jaxmaf(log_target, dim, steps, seed, kl_samples, stl=False):
     kw = dict(batch_size=BATCH, optimizer=optax.adam(LEARNING_RATE), seed=seed, progress=False)
+    kw["stick_the_landing"] = stl
     jaxmaf.fit_variational(make_iaf(dim, seed), log_target, num_steps=100, **kw)  # compile
     flow = make_iaf(dim, seed)
     t0 = time.perf_counter()
@@ -103,6 +104,28 @@ def run_jaxmaf(log_target, dim, steps, seed, kl_samples):
     seconds = time.perf_counter() - t0
     x, log_q = flow.sample_and_log_prob(jax.random.key(10_000 + seed), (kl_samples,))
     return flow, x, log_q, seconds, history
+
+
+def gradient_variance(flow, log_target, stl, draws=256):
+    """Total variance of one step's ELBO gradient at the flow's current parameters.
+
+    The trace of the gradient's covariance over ``draws`` independent batches of BATCH
+    samples.
+    """
+    graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
+
+    def elbo(params, key):
+        q = nnx.merge(graphdef, params, rest)
+        if stl:  # the path derivative: log q with the parameters held constant
+            x = q.sample(key, (BATCH,))
+            log_q = nnx.merge(graphdef, jax.lax.stop_gradient(params), rest).log_prob(x)
+        else:
+            x, log_q = q.sample_and_log_prob(key, (BATCH,))
+        return jnp.mean(log_target(x) - log_q)
+
+    keys = jax.random.split(jax.random.key(7), draws)
+    grads = jax.jit(jax.vmap(jax.grad(elbo), in_axes=(None, 0)))(params, keys)
+    return float(sum(jnp.sum(jnp.var(g, axis=0)) for g in jax.tree.leaves(grads)))
 
 
 # ------------------------------------------------------------------ numpyro
@@ -189,6 +212,24 @@ def main(argv=None):
         line = (
             f"{name:<7} D={dim:<3} jaxmaf KL {kl:.4f} +- {se:.4f} ({steps / seconds:,.0f} steps/s)"
         )
+        if not args.quick:  # sticking the landing: its gradient variance, and a fit with it
+            var = {stl: gradient_variance(flow, log_target, stl) for stl in (False, True)}
+            _, xs, log_qs, seconds_stl, _ = run_jaxmaf(
+                log_target, dim, steps, args.seed, kl_samples, stl=True
+            )
+            kl_stl, se_stl = kl_estimate(xs, log_qs, log_target)
+            row |= {
+                "gradient_variance_at_fit": var[False],
+                "gradient_variance_at_fit_stl": var[True],
+                "jaxmaf_stl_kl": kl_stl,
+                "jaxmaf_stl_kl_se": se_stl,
+                "jaxmaf_stl_steps_per_s": steps / seconds_stl,
+            }
+            line += (
+                f" | sticking the landing: gradient variance at the fit {var[True]:.3g} vs "
+                f"{var[False]:.3g}, KL {kl_stl:.4f} +- {se_stl:.4f} "
+                f"({steps / seconds_stl:,.0f} steps/s)"
+            )
         if use_numpyro:
             xn, log_qn, per_call, compiled = run_numpyro(
                 name, steps, args.seed, kl_samples, compiled_loop=not args.quick

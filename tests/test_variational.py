@@ -61,6 +61,37 @@ def test_banana_kl_is_small():
     assert kl(flow, banana) < 0.03, kl(flow, banana)
 
 
+@pytest.mark.parametrize("cls", [jaxmaf.IAF, jaxmaf.MAF])
+def test_sticking_the_landing_has_zero_gradient_when_q_is_the_target(cls):
+    """At q = p the path-derivative estimator is exactly 0 for every draw (Roeder et al.
+    2017), so SGD leaves the parameters where they are; the plain reparameterised estimator
+    has the zero-mean score term and moves them."""
+    flow = cls(3, 2, (16,), output_init_scale=0.5, rngs=nnx.Rngs(0))
+    target = nnx.clone(flow)
+    start = nnx.state(flow, nnx.Param)
+    moved = {}
+    for stl in (False, True):
+        fitted = nnx.clone(flow)
+        jaxmaf.fit_variational(
+            fitted,
+            target.log_prob,
+            num_steps=20,
+            batch_size=4,
+            optimizer=optax.sgd(0.1),
+            steps_per_block=20,
+            stick_the_landing=stl,
+            progress=False,
+        )
+        moved[stl] = max(
+            float(jnp.max(jnp.abs(a - b)))
+            for a, b in zip(
+                jax.tree.leaves(start), jax.tree.leaves(nnx.state(fitted, nnx.Param)), strict=True
+            )
+        )
+    assert moved[True] < 1e-5, moved
+    assert moved[False] > 1e-2, moved
+
+
 def test_amortised_over_a_batch_of_contexts():
     """q(x | c) for three contexts at once: the target's mean moves with c."""
 
@@ -130,6 +161,7 @@ def test_second_call_reuses_the_compiled_block():
         (dict(log_target=lambda x: x), r"one log-density per point, shape \(8,\)"),
         (dict(log_target=lambda x: x @ jnp.ones((3,))), "failed on inputs of shape"),
         (dict(log_target=3.0), "function of x"),
+        (dict(stick_the_landing=1), "stick_the_landing"),
     ],
 )
 def test_bad_arguments_are_refused_before_training(kwargs, match):
