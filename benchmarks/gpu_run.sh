@@ -7,6 +7,8 @@
 #                tfp-nightly, flowjax and the pure-Python versions this repository is tested with)
 #   QUICK=1      smoke run: every script with --quick (checks this script, not the GPU)
 #   PYTHON=...   interpreter (default python3)
+#   ONLY="a b"   run only these (names as in the run lines below)
+#   TESTS="..."  then run these pytest arguments (capped by CAP_TESTS, default 120 s)
 #
 # Writes $OUT/log.txt (everything printed) and $OUT/results.tar.gz (each benchmark's --out
 # folder: JSON, figures). accuracy.py is not run: its figures are NLLs, not times, and take hours.
@@ -66,6 +68,7 @@ Q=""
 run() {  # run NAME CAP_SECONDS SCRIPT ARGS...
   local name=$1 cap=$2
   shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo
   echo "######## $name (cap ${cap}s) $(date -u +%T)"
   local t0=$SECONDS
@@ -79,5 +82,17 @@ run logdet_x64 "${CAP_LOGDET64:-120}" benchmarks/logdet_scaling.py --x64 --max-d
 run throughput "${CAP_THROUGHPUT:-170}" benchmarks/throughput.py --min-seconds 3
 run training_throughput "${CAP_TRAINING:-110}" benchmarks/training_throughput.py
 run jacobi_sampling "${CAP_JACOBI:-80}" benchmarks/jacobi_sampling.py
+# fit_variational against numpyro's AutoIAFNormal (steps/s, KL), three seeds
+for s in 0 1 2; do
+  run "variational_seed$s" "${CAP_VARIATIONAL:-110}" examples/variational.py --seed "$s"
+done
+
+if [ -n "${TESTS:-}" ]; then
+  echo
+  echo "######## tests (cap ${CAP_TESTS:-120}s) $(date -u +%T)"
+  # shellcheck disable=SC2086
+  timeout --signal=INT --kill-after=10 "${CAP_TESTS:-120}" $PY -m pytest -q -p no:cacheprovider $TESTS
+  echo "######## tests: exit $?"
+fi
 
 tar -czf "$OUT/results.tar.gz" -C "$RES" . && echo "results in $OUT/results.tar.gz"
