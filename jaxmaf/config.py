@@ -30,6 +30,8 @@ class FlowConfig:
     num_components: int = 1
     batch_norm: bool = False
     mask_seed: int | None = None
+    standardize: bool = False
+    support: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable constructor keyword arguments (the transformer as a dict)."""
@@ -45,4 +47,6 @@ class FlowConfig:
         d["transformer"] = {"name": name, **dataclasses.asdict(self.transformer)}
         d["permutation"] = [list(p) for p in self.permutation]
         d["hidden_dims"] = list(self.hidden_dims)
+        if self.support is not None:
+            d["support"] = [list(b) for b in self.support]
         return d

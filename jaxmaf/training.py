@@ -71,6 +71,7 @@ def fit(
     devices: Sequence[jax.Device] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    standardize: bool = False,
 ) -> History:
     """Trains a flow in place by maximum likelihood.
 
@@ -136,6 +137,11 @@ def fit(
         training.
       resume: continue from the training state in ``checkpoint_dir`` (if
         present) to the same result as an uninterrupted run.
+      standardize: first set the flow's standardisation from ``data`` and
+        ``context`` (their column means and standard deviations, see
+        :meth:`jaxmaf.MAF.standardize_from`): the flow learns z-scored
+        units while its density and samples stay in the data's units. Off,
+        a standardisation the flow already has is kept as it is.
 
     Returns:
       a :class:`History`.
@@ -183,6 +189,15 @@ def fit(
     decay = ema_decay(ema_epochs, run.num_batches)
     if decay is not None:
         optimizer = with_parameter_average(optimizer, decay)
+    if not isinstance(standardize, bool):
+        raise ValueError(f"Expected standardize to be True or False, got {standardize!r}.")
+    if standardize:
+        if not hasattr(flow, "standardize_from"):
+            raise ValueError(
+                f"standardize=True needs a flow with standardize_from (MAF, IAF); got a "
+                f"{type(flow).__name__}."
+            )
+        flow.standardize_from(data, context)
     graphdef, eval_graphdef, params, rest = split_modes(flow)
     opt_state = optimizer.init(params)
     key = jax.random.key(seed)

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
 LAYERS = [
     {"validation", "activations", "averaging", "chunking", "eager", "history", "progress"},
     {"masks", "masked_linear", "transformers", "fileformat", "epochs", "logdet", "datasets"},
-    {"made", "bases", "config", "bijectors"},
+    {"made", "bases", "config", "bijectors", "preprocessing"},
     {"flow"},
     {"flows"},
     {"serialization", "for_numpyro"},
