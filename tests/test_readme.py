@@ -32,6 +32,9 @@ def test_every_readme_python_block_runs(tmp_path, monkeypatch):
     assert namespace["xs"].shape == (1000, 2)
     assert namespace["x"].shape == (1000, 8)
     assert len(namespace["flows"]) == 4
+    draws = np.asarray(namespace["draws"])
+    assert draws.shape == (10_000, 2) and np.all(np.abs(draws) <= 2.0)
+    assert namespace["per_obs"].shape == (1000, 8, 2)
     # The negative ELBO is at least -log Z = -log(pi) for the banana (a Monte Carlo estimate over
     # 256 samples may dip below by noise); the IAF family holds the target, so it gets close.
     assert abs(float(namespace["value"]) + np.log(np.pi)) < 0.1
