@@ -210,8 +210,14 @@ def prepare(
     num_epochs,
     patience,
     devices,
+    data_is_process_local=False,
 ) -> Run:
-    """Validates every input (before any training) and places the data on the device(s)."""
+    """Validates every input (before any training) and places the data on the device(s).
+
+    With ``data_is_process_local`` each process passed its own rows (``jax.distributed``):
+    the global arrays are their concatenation in process order, sharded by rows across
+    ``devices``, so training sees the same data set as one process given all of it.
+    """
     dim, context_dim = flow.dim, getattr(flow, "context_dim", 0)
     data = check_data(data, dim)
     context = check_context_rows(context, context_dim, len(data), "context")
@@ -229,7 +235,19 @@ def prepare(
         isinstance(patience, bool) or not isinstance(patience, int | np.integer) or patience < 1
     ):
         raise ValueError(f"Expected patience to be None or an integer >= 1, got {patience!r}.")
-    batch_size = min(int(batch_size), data.shape[0])
+    if not isinstance(data_is_process_local, bool):
+        raise ValueError(
+            f"Expected data_is_process_local to be True or False, got {data_is_process_local!r}."
+        )
+    n = data.shape[0]
+    if data_is_process_local:
+        if devices is None:
+            raise ValueError(
+                "data_is_process_local=True needs devices= (the global device list, "
+                "jax.devices(), over which each process's rows are sharded)."
+            )
+        n = _global_rows(data, validation_data, devices)
+    batch_size = min(int(batch_size), n)
     batch_sharding = replicated = None
     if devices is not None:
         devices = list(devices)
@@ -248,6 +266,8 @@ def prepare(
     def put(a):
         if a is None:
             return None
+        if data_is_process_local:
+            return jax.make_array_from_process_local_data(batch_sharding, np.asarray(a, dtype))
         a = jnp.asarray(a, dtype)
         return a if replicated is None else jax.device_put(a, replicated)
 
@@ -256,12 +276,31 @@ def prepare(
         put(context),
         put(validation_data),
         put(validation_context),
-        int(data.shape[0]),
+        int(n),
         batch_size,
-        -(-data.shape[0] // batch_size),
+        -(-n // batch_size),
         batch_sharding,
         replicated,
     )
+
+
+def _global_rows(data, validation_data, devices) -> int:
+    """The global number of rows of process-local data; every process must hold as many."""
+    from jax.experimental import multihost_utils
+
+    local = [len(data), 0 if validation_data is None else len(validation_data)]
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray(local)))
+    counts = counts.reshape(-1, 2)
+    per_process = len(devices) // max(1, jax.process_count())
+    for column, name in ((0, "data"), (1, "validation_data")):
+        rows = counts[:, column]
+        if np.any(rows != rows[0]) or rows[0] % per_process:
+            raise ValueError(
+                f"With data_is_process_local=True every process must pass the same number of "
+                f"{name} rows, divisible by its {per_process} local device(s); got "
+                f"{rows.tolist()} (process 0 first)."
+            )
+    return int(counts[:, 0].sum())
 
 
 def check_context_rows(context: Any, context_dim: int, n: int, name: str) -> np.ndarray | None:

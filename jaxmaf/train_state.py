@@ -45,6 +45,15 @@ def _differences(saved: dict, current: dict) -> str:
     )
 
 
+def is_writer() -> bool:
+    """Whether this process writes checkpoints: process 0 (or the only process).
+
+    Under ``jax.distributed`` the processes hold the same state, and on a shared file
+    system they would otherwise race to write the same files.
+    """
+    return jax.process_index() == 0
+
+
 def save_state(
     path, flow, params, opt_state, key, best_params, history, since_best, next_epoch, fingerprint
 ) -> None:
@@ -61,7 +70,12 @@ def save_state(
       since_best: epochs since the best one.
       next_epoch: the epoch a resumed run starts with.
       fingerprint: the run's settings that a resume must match.
+
+    Under ``jax.distributed`` only process 0 writes (every process holds the same
+    state); every process can read the file to resume.
     """
+    if not is_writer():
+        return
     payload = {
         "flow": json.dumps(serialization.config_of(flow)),
         "optimizer": _describe_optimizer(opt_state),
@@ -202,8 +216,10 @@ def save_best(checkpoint_dir, flow, best) -> None:
       checkpoint_dir: fit's checkpoint directory.
       flow: the flow being trained (its structure).
       best: ``(parameters, other state)`` of the best epoch.
+
+    Only process 0 writes, as in :func:`save_state`.
     """
-    if serialization.check_savable(flow) is not None:  # warned about in check_checkpoint_dir
-        return
+    if not is_writer() or serialization.check_savable(flow) is not None:
+        return  # (an unsavable flow was warned about in check_checkpoint_dir)
     graphdef = nnx.split(flow, nnx.Param, ...)[0]
     serialization.save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, *best))

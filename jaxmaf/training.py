@@ -72,6 +72,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     standardize: bool = False,
+    data_is_process_local: bool = False,
 ) -> History:
     """Trains a flow in place by maximum likelihood.
 
@@ -142,6 +143,14 @@ def fit(
         :meth:`jaxmaf.MAF.standardize_from`): the flow learns z-scored
         units while its density and samples stay in the data's units. Off,
         a standardisation the flow already has is kept as it is.
+      data_is_process_local: in a multi-process run (``jax.distributed``),
+        each process passes only its own rows of ``data`` (and
+        ``validation_data``, and their contexts), the same number in every
+        process; the global data set is their concatenation in process
+        order, sharded by rows over ``devices`` (required), and training
+        equals a one-process run on that whole set (same shuffles, same
+        parameters). Without it, every process passes the whole data set.
+        Checkpoints are written by process 0 alone in either case.
 
     Returns:
       a :class:`History`.
@@ -178,6 +187,7 @@ def fit(
         num_epochs,
         patience,
         devices,
+        data_is_process_local,
     )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where the training state is).")
@@ -192,6 +202,12 @@ def fit(
     if not isinstance(standardize, bool):
         raise ValueError(f"Expected standardize to be True or False, got {standardize!r}.")
     if standardize:
+        if data_is_process_local:
+            raise ValueError(
+                "standardize=True with data_is_process_local=True would standardise each "
+                "process by its own rows: compute the global statistics and call "
+                "flow.standardize_from on data with those (or pre-scale the data) instead."
+            )
         if not hasattr(flow, "standardize_from"):
             raise ValueError(
                 f"standardize=True needs a flow with standardize_from (MAF, IAF); got a "

@@ -58,6 +58,18 @@ def test_variational_example_quick(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_posterior_estimation_example_quick(tmp_path):
+    """Quick NPE on both simulators: C2ST accuracies and KL(p || q) estimates, corner plots."""
+    run_example("posterior_estimation.py", str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for task in ("linear_gaussian", "beta_binomial"):
+        for obs in metrics[task]["observations"]:
+            assert 0.3 <= obs["jaxmaf_c2st"] <= 1.0 and math.isfinite(obs["jaxmaf_kl"])
+            assert obs["jaxmaf_sample_seconds"] > 0
+        png = tmp_path / f"{task}_corner.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
 def test_every_script_answers_help_before_importing_jax():
     """``--help`` and bad flags of every example and benchmark return before JAX is imported."""
     scripts = sorted(
