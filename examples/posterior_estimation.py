@@ -46,7 +46,7 @@ SIMULATIONS, QUICK_SIMULATIONS = 10_000, 1_000
 OBSERVATIONS, QUICK_OBSERVATIONS = 3, 1
 DRAWS, QUICK_DRAWS = 10_000, 1_000
 LAYERS, HIDDEN, LEARNING_RATE, BATCH, CLIP, PATIENCE = 5, (50, 50), 5e-4, 200, 5.0, 20
-MAX_EPOCHS, QUICK_EPOCHS = 1000, 3
+MAX_EPOCHS, QUICK_EPOCHS = 1000, 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="jaxmaf only, 1,000 simulations, 3 epochs, 1 observation (CI smoke run)",
+        help="jaxmaf only, 1,000 simulations, 2 epochs, 1 observation (CI smoke run)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)

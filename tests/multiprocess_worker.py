@@ -3,10 +3,10 @@
 Usage: python multiprocess_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR
 
 Runs, in this order, and writes each result's parameters to OUT_DIR/<name>_<process>.npz:
-``full`` (every process passes the whole data set, 3 epochs, checkpoints in
+``full`` (every process passes the whole data set, EPOCHS epochs, checkpoints in
 OUT_DIR/ckpt_<process>), ``resumed`` (every process resumes from process 0's
-checkpoint directory to 6 epochs) and ``local`` (each process passes its own half of
-the data, 3 epochs).
+checkpoint directory to MORE_EPOCHS epochs) and ``local`` (each process passes its own
+half of the data, EPOCHS epochs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-N, DIM, EPOCHS, MORE_EPOCHS, BATCH = 512, 2, 3, 6, 64
+N, DIM, EPOCHS, MORE_EPOCHS, BATCH = 512, 2, 2, 4, 64
 
 
 def data() -> np.ndarray:

@@ -61,11 +61,11 @@ def test_banana_kl_is_small():
     assert kl(flow, banana) < 0.03, kl(flow, banana)
 
 
-@pytest.mark.parametrize("cls", [jaxmaf.IAF, jaxmaf.MAF])
-def test_sticking_the_landing_has_zero_gradient_when_q_is_the_target(cls):
+def test_sticking_the_landing_has_zero_gradient_when_q_is_the_target(cls=jaxmaf.IAF):
     """At q = p the path-derivative estimator is exactly 0 for every draw (Roeder et al.
     2017), so SGD leaves the parameters where they are; the plain reparameterised estimator
-    has the zero-mean score term and moves them."""
+    has the zero-mean score term and moves them. (An IAF: its log_prob, which the estimator
+    needs, is the sequential direction; a MAF runs the same code.)"""
     flow = cls(3, 2, (16,), output_init_scale=0.5, rngs=nnx.Rngs(0))
     target = nnx.clone(flow)
     start = nnx.state(flow, nnx.Param)
