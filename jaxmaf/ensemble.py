@@ -105,6 +105,7 @@ def fit_ensemble(
     ema_epochs: float | None = DEFAULT_EMA_EPOCHS,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    data_is_process_local: bool = False,
 ) -> tuple[list[nnx.Module], list[History]]:
     """Trains one flow per seed, all members in ONE compiled program (``jax.vmap``).
 
@@ -136,6 +137,8 @@ def fit_ensemble(
       ema_epochs: as in :func:`fit`, per member (each keeps its own average).
       progress: as in :func:`fit`.
       devices: as in :func:`fit` (every member's batch is split across them).
+      data_is_process_local: as in :func:`fit`: in a multi-process run each
+        process passes its own rows.
 
     Returns:
       ``(flows, histories)``: ordinary flows with each member's best
@@ -190,6 +193,7 @@ def fit_ensemble(
         num_epochs,
         patience,
         devices,
+        data_is_process_local,
     )
     splits = [split_modes(f) for f in flows]
     graphdef, eval_graphdef = splits[0][:2]

@@ -1,12 +1,17 @@
 """One process of a 2-process ``jax.distributed`` run on localhost (gloo), for test_multiprocess.
 
-Usage: python multiprocess_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR
+Usage: python multiprocess_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR [MODE]
 
-Runs, in this order, and writes each result's parameters to OUT_DIR/<name>_<process>.npz:
-``full`` (every process passes the whole data set, EPOCHS epochs, checkpoints in
-OUT_DIR/ckpt_<process>), ``resumed`` (every process resumes from process 0's
-checkpoint directory to MORE_EPOCHS epochs) and ``local`` (each process passes its own
-half of the data, EPOCHS epochs).
+MODE ``all`` (the default) runs, in this order, and writes each result's parameters to
+OUT_DIR/<name>_<process>.npz: ``full`` (every process passes the whole data set, EPOCHS
+epochs, checkpoints in OUT_DIR/ckpt_<process>), ``resumed`` (every process resumes from
+process 0's checkpoint directory to MORE_EPOCHS epochs), ``local`` (each process passes
+its own half of the data, EPOCHS epochs) and ``ensemble`` (fit_ensemble of two seeds on
+process-local data).
+
+MODE ``long`` trains for LONG_EPOCHS with checkpoints in OUT_DIR/long (the test kills
+it); MODE ``resume`` resumes from there to two epochs past the saved state and writes
+``resume_<process>.npz`` with the number of epochs in ``epochs``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 
 import numpy as np
 
-N, DIM, EPOCHS, MORE_EPOCHS, BATCH = 512, 2, 2, 4, 64
+N, DIM, EPOCHS, MORE_EPOCHS, BATCH, LONG_EPOCHS = 512, 2, 2, 4, 64, 100_000
 
 
 def data() -> np.ndarray:
@@ -39,7 +44,16 @@ def params(flow) -> list[np.ndarray]:
     return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(flow, nnx.Param))]
 
 
-def main(port: int, num_processes: int, process_id: int, out: str) -> None:
+def saved_next_epoch(checkpoint_dir: str) -> int:
+    """The epoch a resume of the training state in ``checkpoint_dir`` starts with."""
+    from jaxmaf import fileformat, training
+
+    path = os.path.join(checkpoint_dir, training.TRAIN_STATE)
+    with open(path, "rb") as f:
+        return int(fileformat.decode(f.read(), "train_state", path)["next_epoch"])
+
+
+def main(port: int, num_processes: int, process_id: int, out: str, mode: str = "all") -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -48,6 +62,17 @@ def main(port: int, num_processes: int, process_id: int, out: str) -> None:
 
     x = data()
     run = dict(batch_size=BATCH, devices=jax.devices(), progress=False)
+    long_dir = os.path.join(out, "long")
+    if mode == "long":
+        jaxmaf.fit(new_flow(), x, num_epochs=LONG_EPOCHS, checkpoint_dir=long_dir, **run)
+        return
+    if mode == "resume":
+        epochs = saved_next_epoch(long_dir) + 2
+        flow = new_flow()
+        jaxmaf.fit(flow, x, num_epochs=epochs, checkpoint_dir=long_dir, resume=True, **run)
+        np.savez(os.path.join(out, f"resume_{process_id}.npz"), *params(flow), epochs=epochs)
+        jax.distributed.shutdown()
+        return
     flow = new_flow()
     own_dir = os.path.join(out, f"ckpt_{process_id}")
     jaxmaf.fit(flow, x, num_epochs=EPOCHS, checkpoint_dir=own_dir, **run)
@@ -63,8 +88,18 @@ def main(port: int, num_processes: int, process_id: int, out: str) -> None:
     mine = x[process_id * rows : (process_id + 1) * rows]
     jaxmaf.fit(flow, mine, num_epochs=EPOCHS, data_is_process_local=True, **run)
     np.savez(os.path.join(out, f"local_{process_id}.npz"), *params(flow))
+
+    flows, _ = jaxmaf.fit_ensemble(
+        lambda rngs: jaxmaf.MAF(DIM, 2, (16,), rngs=rngs),
+        mine,
+        seeds=[0, 1],
+        num_epochs=EPOCHS,
+        data_is_process_local=True,
+        **run,
+    )
+    np.savez(os.path.join(out, f"ensemble_{process_id}.npz"), *params(flows[0]), *params(flows[1]))
     jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6])

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -31,22 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("multiprocess")
+def launch(out, mode: str) -> list[subprocess.Popen]:
+    """Two worker processes on localhost, one CPU device each."""
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # one CPU device per process
-    procs = [
+    script = os.path.join(HERE, "multiprocess_worker.py")
+    return [
         subprocess.Popen(
-            [
-                sys.executable,
-                os.path.join(HERE, "multiprocess_worker.py"),
-                str(port),
-                "2",
-                str(i),
-                str(out),
-            ],
+            [sys.executable, script, str(port), "2", str(i), str(out), mode],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -54,22 +48,36 @@ def two_process_run(tmp_path_factory):
         )
         for i in range(2)
     ]
+
+
+def finish(procs: list[subprocess.Popen]) -> None:
+    """Waits for the workers; fails with their logs if one failed."""
     logs = []
     for p in procs:  # a generous bound only against a hang (a peer dying mid-collective)
         try:
-            logs.append(p.communicate(timeout=900)[0])
+            logs.append(p.communicate(timeout=HANG)[0])
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             pytest.fail("the 2-process run did not finish")
     for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, f"process {i} failed:\n{log[-3000:]}"
+
+
+HANG = 900
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multiprocess")
+    finish(launch(out, "all"))
     return out
 
 
 def load(out, name, process):
     with np.load(os.path.join(out, f"{name}_{process}.npz")) as f:
-        return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+        arrays = [k for k in f.files if k.startswith("arr_")]
+        return [f[k] for k in sorted(arrays, key=lambda k: int(k.split("_")[1]))]
 
 
 def reference(num_epochs):
@@ -77,6 +85,49 @@ def reference(num_epochs):
     flow = worker.new_flow()
     jaxmaf.fit(flow, worker.data(), num_epochs=num_epochs, batch_size=worker.BATCH, progress=False)
     return worker.params(flow)
+
+
+def test_process_local_data_train_an_ensemble_as_the_whole_data_set(two_process_run):
+    members = [load(two_process_run, "ensemble", i) for i in range(2)]
+    for x, y in zip(*members, strict=True):
+        np.testing.assert_array_equal(x, y)
+    flows, _ = jaxmaf.fit_ensemble(
+        lambda rngs: jaxmaf.MAF(worker.DIM, 2, (16,), rngs=rngs),
+        worker.data(),
+        seeds=[0, 1],
+        num_epochs=worker.EPOCHS,
+        batch_size=worker.BATCH,
+        progress=False,
+    )
+    assert_close(members[0], worker.params(flows[0]) + worker.params(flows[1]))
+
+
+def test_resume_after_a_process_is_killed(tmp_path):
+    """Process 1 is killed (SIGKILL) mid-training, then process 0, which would wait for it
+    in the next collective; both restart with resume=True and end where one uninterrupted
+    process ends."""
+    procs = launch(tmp_path, "long")
+    state = tmp_path / "long" / jaxmaf.training.TRAIN_STATE
+    for _ in range(HANG * 20):  # until process 0 has checkpointed a few epochs
+        if any(p.poll() is not None for p in procs):
+            finish(procs)  # fails with the logs
+        if state.exists() and worker.saved_next_epoch(str(tmp_path / "long")) >= 3:
+            break
+        time.sleep(0.05)
+    procs[1].kill()
+    procs[1].wait()
+    procs[0].kill()
+    procs[0].wait()
+    killed_at = worker.saved_next_epoch(str(tmp_path / "long"))
+    assert 3 <= killed_at < worker.LONG_EPOCHS
+    finish(launch(tmp_path, "resume"))
+    with np.load(tmp_path / "resume_0.npz") as f:
+        epochs = int(f["epochs"])
+    assert epochs == killed_at + 2
+    resumed = [load(tmp_path, "resume", i) for i in range(2)]
+    for x, y in zip(*resumed, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert_close(resumed[0], reference(epochs))
 
 
 def assert_close(a, b):
