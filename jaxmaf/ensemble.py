@@ -219,9 +219,9 @@ def fit_ensemble(
     active = np.ones(m, bool)
     histories = [History() for _ in seeds]
     since_best = np.zeros(m, int)
-    if run.replicated is not None:
-        params, rest, opt_state, best = jax.device_put(
-            (params, rest, opt_state, best), run.replicated
+    if run.replicated is not None:  # every epoch input placed as its output will be (no recompile)
+        params, rest, opt_state, best, keys, best_loss = jax.device_put(
+            (params, rest, opt_state, best, keys, best_loss), run.replicated
         )
     bar = progress_bar(num_epochs) if progress else None
     start = time.perf_counter()

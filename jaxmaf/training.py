@@ -229,9 +229,10 @@ def fit(
         (params, rest), opt_state, key, best, history, since_best, start_epoch = load_state(
             ckpt, flow, (params, rest), opt_state, key, fingerprint
         )
-    if run.replicated is not None:
-        params, rest, opt_state, best = jax.device_put(
-            (params, rest, opt_state, best), run.replicated
+    if run.replicated is not None:  # the key too: each epoch's inputs as its outputs are placed,
+        # so the second epoch runs the first one's program instead of compiling another
+        params, rest, opt_state, best, key = jax.device_put(
+            (params, rest, opt_state, best, key), run.replicated
         )
 
     judge = (run.data, run.context) if run.val_data is None else (run.val_data, run.val_context)

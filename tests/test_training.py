@@ -584,3 +584,27 @@ def test_progress_bar_in_notebooks_and_terminals_not_under_ci(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Captured())
     monkeypatch.setitem(sys.modules, "IPython", fake)
     assert progress.progress_bar(5) is None  # CI wins over a notebook
+
+
+def test_data_parallel_fit_compiles_its_epoch_once():
+    """With devices=, the second epoch runs the first epoch's program: every input of the
+    epoch is placed as the epoch places its outputs (the shuffling key once was not, and
+    epoch 2 compiled another program). A 1-epoch fit compiles everything; a 3-epoch fit
+    with the same optimizer object afterwards must lower nothing new (counted from JAX's
+    lowering events, which fire whatever the persistent cache holds; not timed)."""
+    lowered = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
+    optimizer = optax.adam(1e-3)
+    run = dict(batch_size=64, devices=jax.devices(), optimizer=optimizer, progress=False)
+    jaxmaf.fit(jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0)), x, num_epochs=1, **run)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        jaxmaf.fit(jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0)), x, num_epochs=3, **run)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert lowered == [], f"{len(lowered)} programs lowered anew"
