@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from jaxmaf.averaging import DEFAULT_EMA_EPOCHS, ema_decay, with_parameter_average
-from jaxmaf.epochs import STATIC, epoch_body, eval_loss, prepare, split_modes
+from jaxmaf.epochs import STATIC, epoch_body, eval_loss, place, prepare, split_modes
 from jaxmaf.history import History
 from jaxmaf.progress import progress_bar
 from jaxmaf.validation import check_float, check_int, is_transformation
@@ -220,7 +220,7 @@ def fit_ensemble(
     histories = [History() for _ in seeds]
     since_best = np.zeros(m, int)
     if run.replicated is not None:  # every epoch input placed as its output will be (no recompile)
-        params, rest, opt_state, best, keys, best_loss = jax.device_put(
+        params, rest, opt_state, best, keys, best_loss = place(
             (params, rest, opt_state, best, keys, best_loss), run.replicated
         )
     bar = progress_bar(num_epochs) if progress else None

@@ -303,6 +303,23 @@ def _global_rows(data, validation_data, devices) -> int:
     return int(counts[:, 0].sum())
 
 
+def place(tree: Any, sharding: Any) -> Any:
+    """``jax.device_put(tree, sharding)``, PRNG keys included.
+
+    A key's raw data is put and wrapped again: under ``jax.distributed`` a key array
+    itself cannot be put on other processes' devices.
+    """
+
+    def put(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(leaf)
+            data = jax.device_put(jax.random.key_data(leaf), sharding)
+            return jax.random.wrap_key_data(data, impl=impl)
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree.map(put, tree)
+
+
 def check_context_rows(context: Any, context_dim: int, n: int, name: str) -> np.ndarray | None:
     """Validates a training context: ``(n, context_dim)`` for a conditional flow, else None.
 

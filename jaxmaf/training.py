@@ -26,7 +26,7 @@ from jaxmaf.averaging import (
     with_parameter_average,
 )
 from jaxmaf.ensemble import fit_ensemble
-from jaxmaf.epochs import check_data, prepare, split_modes, train_epoch
+from jaxmaf.epochs import check_data, place, prepare, split_modes, train_epoch
 from jaxmaf.history import History
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import (
@@ -231,7 +231,7 @@ def fit(
         )
     if run.replicated is not None:  # the key too: each epoch's inputs as its outputs are placed,
         # so the second epoch runs the first one's program instead of compiling another
-        params, rest, opt_state, best, key = jax.device_put(
+        params, rest, opt_state, best, key = place(
             (params, rest, opt_state, best, key), run.replicated
         )
 
