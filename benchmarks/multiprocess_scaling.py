@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=8)
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--width", type=int, default=256)
+    p.add_argument(
+        "--whole-data",
+        action="store_true",
+        help="every process passes the whole data set (default: each its own rows)",
+    )
     p.add_argument("--quick", action="store_true", help="1 and 2 processes, 2 epochs (smoke)")
     p.add_argument(
         "--worker", nargs=3, type=int, metavar=("PORT", "P", "I"), help=argparse.SUPPRESS
@@ -70,22 +75,53 @@ def worker(args: argparse.Namespace) -> None:
     )
     rows = args.n // count
     flow = jaxmaf.MAF(args.dim, args.layers, (args.width, args.width), rngs=nnx.Rngs(0))
+    local = not args.whole_data
     history = jaxmaf.fit(
         flow,
-        data[index * rows : (index + 1) * rows],
-        data_is_process_local=True,
+        data[index * rows : (index + 1) * rows] if local else data,
+        data_is_process_local=local,
         devices=jax.devices(),
         batch_size=args.batch,
         num_epochs=args.epochs,
         progress=False,
     )
+    params = int(sum(x.size for x in jax.tree.leaves(nnx.state(flow, nnx.Param))))
+    allreduce = time_allreduce(params)
     if index == 0:
-        params = sum(x.size for x in jax.tree.leaves(nnx.state(flow, nnx.Param)))
-        record = {"processes": count, "epoch_time": history.epoch_time, "params": int(params)}
+        record = {
+            "processes": count,
+            "epoch_time": history.epoch_time,
+            "params": params,
+            "allreduce_ms": allreduce,
+        }
         with open(os.path.join(args.out, f"processes_{count}.json"), "w") as f:
             json.dump(record, f)
     if count > 1:
         jax.distributed.shutdown()
+
+
+def time_allreduce(size: int, rounds: int = 30) -> float:
+    """Median milliseconds of one all-reduce of ``size`` float32 values over every device.
+
+    A sum over a row-sharded ``(devices, size)`` array into a replicated result: the
+    collective a train step runs on its gradient.
+    """
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(jax.devices()), ("d",))
+    rows = NamedSharding(mesh, PartitionSpec("d"))
+    local = np.ones((jax.local_device_count(), size), np.float32)
+    x = jax.make_array_from_process_local_data(rows, local)
+    reduce = jax.jit(lambda a: a.sum(0), out_shardings=NamedSharding(mesh, PartitionSpec()))
+    reduce(x).block_until_ready()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        reduce(x).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
 
 
 def free_port() -> int:
@@ -127,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         f"MAF {args.layers} x MADE {args.width}x{args.width} on {args.dim}-d data, "
         f"{args.n:,} rows, global batch {args.batch} ({steps} steps per epoch), "
         f"{args.epochs} epochs; one CPU device per process, gloo; "
+        f"{'whole data in every process' if args.whole_data else 'process-local data'}; "
         f"{os.cpu_count()} CPU cores on this machine"
     )
     results = []
@@ -149,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     base = results[0]
     print(
         f"\n{'processes':>9} {'epoch (s)':>10} {'examples/s':>11} {'step (ms)':>10} "
-        f"{'ideal step':>11} {'excess/step':>12} {'all-reduce/step':>16}"
+        f"{'ideal step':>11} {'excess/step':>12} {'all-reduce/step':>16} {'all-reduce (ms)':>16}"
     )
     for r in results:
         ideal = base["step_ms"] * base["processes"] / r["processes"]
@@ -158,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{r['processes']:>9} {r['median_epoch_s']:>10.3f} {r['examples_per_s']:>11,.0f} "
             f"{r['step_ms']:>10.2f} {ideal:>11.2f} {r['excess_step_ms']:>12.2f} "
-            f"{r['allreduce_bytes_per_step'] / 1e6:>13.2f} MB{warn}"
+            f"{r['allreduce_bytes_per_step'] / 1e6:>13.2f} MB {r['allreduce_ms']:>16.2f}{warn}"
         )
     with open(os.path.join(args.out, "multiprocess_scaling.json"), "w") as f:
         json.dump(
