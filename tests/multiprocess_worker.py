@@ -1,17 +1,17 @@
 """One process of a 2-process ``jax.distributed`` run on localhost (gloo), for test_multiprocess.
 
-Usage: python multiprocess_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR [MODE]
+Usage: python multiprocess_worker.py PORT NUM_PROCESSES PROCESS_ID OUT_DIR MODE
 
-MODE ``all`` (the default) runs, in this order, and writes each result's parameters to
-OUT_DIR/<name>_<process>.npz: ``full`` (every process passes the whole data set, EPOCHS
-epochs, checkpoints in OUT_DIR/ckpt_<process>), ``resumed`` (every process resumes from
-process 0's checkpoint directory to MORE_EPOCHS epochs), ``local`` (each process passes
-its own half of the data, EPOCHS epochs) and ``ensemble`` (fit_ensemble of two seeds on
-process-local data).
+MODE ``long``: every process trains on the whole data set for LONG_EPOCHS with
+checkpoints in its own OUT_DIR/ckpt_<process> (the test kills the run after a few
+epochs; only process 0 may have written).
 
-MODE ``long`` trains for LONG_EPOCHS with checkpoints in OUT_DIR/long (the test kills
-it); MODE ``resume`` resumes from there to two epochs past the saved state and writes
-``resume_<process>.npz`` with the number of epochs in ``epochs``.
+MODE ``rest``, run after that, writes to OUT_DIR/<name>_<process>.npz: ``resume``
+(every process resumes from process 0's checkpoints to two epochs past them, with the
+number of epochs in ``epochs``), ``local`` (each process passes its own half of the
+data, EPOCHS epochs), ``ensemble`` (fit_ensemble of two seeds on process-local data)
+and ``saved`` (the log-densities of the resumed flow before and after a save and load
+by this process).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-N, DIM, EPOCHS, MORE_EPOCHS, BATCH, LONG_EPOCHS = 512, 2, 2, 4, 64, 100_000
+N, DIM, EPOCHS, BATCH, LONG_EPOCHS = 512, 2, 2, 64, 100_000
 
 
 def data() -> np.ndarray:
@@ -53,7 +53,7 @@ def saved_next_epoch(checkpoint_dir: str) -> int:
         return int(fileformat.decode(f.read(), "train_state", path)["next_epoch"])
 
 
-def main(port: int, num_processes: int, process_id: int, out: str, mode: str = "all") -> None:
+def main(port: int, num_processes: int, process_id: int, out: str, mode: str) -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -62,26 +62,20 @@ def main(port: int, num_processes: int, process_id: int, out: str, mode: str = "
 
     x = data()
     run = dict(batch_size=BATCH, devices=jax.devices(), progress=False)
-    long_dir = os.path.join(out, "long")
     if mode == "long":
-        jaxmaf.fit(new_flow(), x, num_epochs=LONG_EPOCHS, checkpoint_dir=long_dir, **run)
+        own_dir = os.path.join(out, f"ckpt_{process_id}")
+        jaxmaf.fit(new_flow(), x, num_epochs=LONG_EPOCHS, checkpoint_dir=own_dir, **run)
         return
-    if mode == "resume":
-        epochs = saved_next_epoch(long_dir) + 2
-        flow = new_flow()
-        jaxmaf.fit(flow, x, num_epochs=epochs, checkpoint_dir=long_dir, resume=True, **run)
-        np.savez(os.path.join(out, f"resume_{process_id}.npz"), *params(flow), epochs=epochs)
-        jax.distributed.shutdown()
-        return
+    shared = os.path.join(out, "ckpt_0")  # every process resumes from process 0's files
+    epochs = saved_next_epoch(shared) + 2
     flow = new_flow()
-    own_dir = os.path.join(out, f"ckpt_{process_id}")
-    jaxmaf.fit(flow, x, num_epochs=EPOCHS, checkpoint_dir=own_dir, **run)
-    np.savez(os.path.join(out, f"full_{process_id}.npz"), *params(flow))
+    jaxmaf.fit(flow, x, num_epochs=epochs, checkpoint_dir=shared, resume=True, **run)
+    np.savez(os.path.join(out, f"resume_{process_id}.npz"), *params(flow), epochs=epochs)
 
-    flow = new_flow()  # every process resumes from the files process 0 wrote
-    ckpt = os.path.join(out, "ckpt_0")
-    jaxmaf.fit(flow, x, num_epochs=MORE_EPOCHS, checkpoint_dir=ckpt, resume=True, **run)
-    np.savez(os.path.join(out, f"resumed_{process_id}.npz"), *params(flow))
+    path = os.path.join(out, f"saved_{process_id}.jaxmaf")  # save and load from any process
+    jaxmaf.save(path, flow)
+    before, after = flow.log_prob(x[:50]), jaxmaf.load(path).log_prob(x[:50])
+    np.savez(os.path.join(out, f"saved_{process_id}.npz"), before=before, after=after)
 
     flow = new_flow()
     rows = N // num_processes
@@ -102,4 +96,4 @@ def main(port: int, num_processes: int, process_id: int, out: str, mode: str = "
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

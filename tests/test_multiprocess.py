@@ -1,9 +1,10 @@
 """Training across processes on JAX's own runtime: 2 processes on localhost (gloo collectives).
 
 Each process runs tests/multiprocess_worker.py; the results are compared with one process
-given the whole data set. Also checked: only process 0 writes checkpoints, every process
-resumes from them, and process-local data (each process passes its own rows) train the
-same parameters as the whole set.
+given the whole data set. Checked: only process 0 writes checkpoints; after a process is
+killed every process resumes from them to the one-process parameters; save and load work
+from every process; process-local data (each process passes its own rows) train the same
+parameters, for fit and fit_ensemble, as the whole set.
 """
 
 from __future__ import annotations
@@ -69,8 +70,23 @@ HANG = 900
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
+    """Two processes train; process 1 is killed (SIGKILL) mid-training, then process 0,
+    which would wait for it in the next collective; both restart and resume, then train on
+    process-local data (see multiprocess_worker.py)."""
     out = tmp_path_factory.mktemp("multiprocess")
-    finish(launch(out, "all"))
+    procs = launch(out, "long")
+    state = out / "ckpt_0" / jaxmaf.training.TRAIN_STATE
+    for _ in range(HANG * 20):  # until process 0 has checkpointed a few epochs
+        if any(p.poll() is not None for p in procs):
+            finish(procs)  # fails with the logs
+        if state.exists() and worker.saved_next_epoch(str(out / "ckpt_0")) >= 3:
+            break
+        time.sleep(0.05)
+    procs[1].kill()
+    procs[1].wait()
+    procs[0].kill()
+    procs[0].wait()
+    finish(launch(out, "rest"))
     return out
 
 
@@ -87,10 +103,46 @@ def reference(num_epochs):
     return worker.params(flow)
 
 
-def test_process_local_data_train_an_ensemble_as_the_whole_data_set(two_process_run):
-    members = [load(two_process_run, "ensemble", i) for i in range(2)]
-    for x, y in zip(*members, strict=True):
+def assert_close(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+
+
+def assert_identical_in_both(out, name):
+    results = [load(out, name, i) for i in range(2)]
+    for x, y in zip(*results, strict=True):
         np.testing.assert_array_equal(x, y)
+    return results[0]
+
+
+def test_only_process_0_writes_checkpoints(two_process_run):
+    files = {jaxmaf.training.TRAIN_STATE, jaxmaf.training.BEST_FLOW}
+    assert files <= set(os.listdir(two_process_run / "ckpt_0"))
+    others = two_process_run / "ckpt_1"
+    assert not others.exists() or not files & set(os.listdir(others))
+
+
+def test_resume_after_a_process_is_killed_reaches_the_one_process_parameters(two_process_run):
+    with np.load(two_process_run / "resume_0.npz") as f:
+        epochs = int(f["epochs"])
+    assert 5 <= epochs < worker.LONG_EPOCHS
+    assert_close(assert_identical_in_both(two_process_run, "resume"), reference(epochs))
+
+
+def test_save_and_load_work_from_every_process(two_process_run):
+    for i in range(2):
+        with np.load(two_process_run / f"saved_{i}.npz") as f:
+            np.testing.assert_array_equal(f["before"], f["after"])
+
+
+def test_process_local_data_train_as_the_whole_data_set(two_process_run):
+    local = assert_identical_in_both(two_process_run, "local")
+    assert_close(local, reference(worker.EPOCHS))
+
+
+def test_process_local_data_train_an_ensemble_as_the_whole_data_set(two_process_run):
+    members = assert_identical_in_both(two_process_run, "ensemble")
     flows, _ = jaxmaf.fit_ensemble(
         lambda rngs: jaxmaf.MAF(worker.DIM, 2, (16,), rngs=rngs),
         worker.data(),
@@ -99,69 +151,7 @@ def test_process_local_data_train_an_ensemble_as_the_whole_data_set(two_process_
         batch_size=worker.BATCH,
         progress=False,
     )
-    assert_close(members[0], worker.params(flows[0]) + worker.params(flows[1]))
-
-
-def test_resume_after_a_process_is_killed(tmp_path):
-    """Process 1 is killed (SIGKILL) mid-training, then process 0, which would wait for it
-    in the next collective; both restart with resume=True and end where one uninterrupted
-    process ends."""
-    procs = launch(tmp_path, "long")
-    state = tmp_path / "long" / jaxmaf.training.TRAIN_STATE
-    for _ in range(HANG * 20):  # until process 0 has checkpointed a few epochs
-        if any(p.poll() is not None for p in procs):
-            finish(procs)  # fails with the logs
-        if state.exists() and worker.saved_next_epoch(str(tmp_path / "long")) >= 3:
-            break
-        time.sleep(0.05)
-    procs[1].kill()
-    procs[1].wait()
-    procs[0].kill()
-    procs[0].wait()
-    killed_at = worker.saved_next_epoch(str(tmp_path / "long"))
-    assert 3 <= killed_at < worker.LONG_EPOCHS
-    finish(launch(tmp_path, "resume"))
-    with np.load(tmp_path / "resume_0.npz") as f:
-        epochs = int(f["epochs"])
-    assert epochs == killed_at + 2
-    resumed = [load(tmp_path, "resume", i) for i in range(2)]
-    for x, y in zip(*resumed, strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert_close(resumed[0], reference(epochs))
-
-
-def assert_close(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
-
-
-def test_two_processes_train_the_one_process_parameters(two_process_run):
-    full = [load(two_process_run, "full", i) for i in range(2)]
-    for x, y in zip(*full, strict=True):
-        np.testing.assert_array_equal(x, y)  # identical in both processes
-    assert_close(full[0], reference(worker.EPOCHS))
-
-
-def test_only_process_0_writes_checkpoints_and_every_process_resumes(two_process_run):
-    written = set(os.listdir(two_process_run / "ckpt_0"))
-    assert {jaxmaf.training.TRAIN_STATE, jaxmaf.training.BEST_FLOW} <= written
-    others = two_process_run / "ckpt_1"
-    assert not others.exists() or not {
-        jaxmaf.training.TRAIN_STATE,
-        jaxmaf.training.BEST_FLOW,
-    } & set(os.listdir(others))
-    resumed = [load(two_process_run, "resumed", i) for i in range(2)]
-    for x, y in zip(*resumed, strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert_close(resumed[0], reference(worker.MORE_EPOCHS))
-
-
-def test_process_local_data_train_as_the_whole_data_set(two_process_run):
-    local = [load(two_process_run, "local", i) for i in range(2)]
-    for x, y in zip(*local, strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert_close(local[0], reference(worker.EPOCHS))
+    assert_close(members, worker.params(flows[0]) + worker.params(flows[1]))
 
 
 def test_process_local_data_needs_devices_and_refuses_standardize():
