@@ -135,7 +135,7 @@ def check_support(support: Any, dim: int) -> tuple[tuple[float, ...], tuple[floa
     """
     if support is None:
         return None
-    if not isinstance(support, Sequence) or isinstance(support, str) or len(support) != 2:
+    if isinstance(support, str) or not hasattr(support, "__len__") or len(support) != 2:
         raise ValueError(f"Expected support=(low, high), got {support!r}.")
     bounds = []
     for name, value in zip(("low", "high"), support, strict=True):
