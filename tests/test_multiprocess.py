@@ -37,7 +37,9 @@ def launch(out, mode: str) -> list[subprocess.Popen]:
     """Two worker processes on localhost, one CPU device each."""
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    # one CPU device and one compute thread per process: two processes and the other test
+    # worker share this machine's cores
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     script = os.path.join(HERE, "multiprocess_worker.py")
     return [
         subprocess.Popen(
