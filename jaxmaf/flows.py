@@ -261,9 +261,9 @@ class _AutoregressiveFlow(Flow):
                 f"Expected data inside the support {self.support} (and finite) to "
                 "standardise from; some points are outside it."
             )
-        standardization = self.standardization or Standardization(
-            self.dim, self.context_dim, self.param_dtype
-        )
+        standardization = self.standardization
+        if standardization is None:
+            standardization = Standardization(self.dim, self.context_dim, self.param_dtype)
         standardization.set_from(y, context)
         self.standardization = nnx.data(standardization)
         self.config = dataclasses.replace(self.config, standardize=True)
