@@ -15,7 +15,7 @@ from flax import nnx
 from jaxmaf.activations import get_activation
 from jaxmaf.bases import BASES, make_base, standard_normal_log_prob
 from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
-from jaxmaf.config import FlowConfig
+from jaxmaf.config import FlowConfig, check_num_components
 from jaxmaf.flow import Flow
 from jaxmaf.made import MADE
 from jaxmaf.masks import HIDDEN_DEGREES, check_permutation
@@ -60,7 +60,7 @@ class _AutoregressiveFlow(Flow):
         transformer: str | Transformer = "affine",
         residual: bool = False,
         base: str = "gaussian",
-        num_components: int = 8,
+        num_components: int | None = None,
         batch_norm: bool = False,
         output_init_scale: float = 0.0,
         param_dtype: jnp.dtype | None = None,
@@ -74,7 +74,7 @@ class _AutoregressiveFlow(Flow):
         hidden_dims = check_hidden_dims(hidden_dims)
         context_dim = check_int("context_dim", context_dim, minimum=0)
         check_choice("base", base, BASES)
-        num_components = check_int("num_components", num_components, minimum=1)
+        num_components = check_num_components(num_components, base)
         output_init_scale = check_float("output_init_scale", output_init_scale)
         support = check_support(support, dim)
         flags = (("residual", residual), ("batch_norm", batch_norm), ("standardize", standardize))
@@ -129,7 +129,7 @@ class _AutoregressiveFlow(Flow):
             param_dtype=self.param_dtype.name,
             residual=bool(residual),
             base=base,
-            num_components=int(num_components) if base == "mog" else 1,
+            num_components=num_components,
             batch_norm=bool(batch_norm),
             mask_seed=mask_seed if hidden_degrees == "random" else None,
             standardize=bool(standardize),
@@ -370,7 +370,8 @@ class MAF(_AutoregressiveFlow):
       residual: residual MADEs (masked residual blocks; all hidden widths equal).
       base: ``"gaussian"`` (standard normal) or ``"mog"`` (a learnable
         mixture of ``num_components`` diagonal Gaussians: MAF MoG).
-      num_components: mixture components for ``base="mog"``.
+      num_components: mixture components for ``base="mog"`` (None: 8); any
+        other base has one, and a larger number is refused.
       batch_norm: a :class:`jaxmaf.BatchNorm` bijection between consecutive
         layers (batch statistics in train mode, running averages after
         ``flow.eval()``; :func:`jaxmaf.fit` updates them).

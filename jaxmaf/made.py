@@ -23,6 +23,7 @@ from jaxmaf.validation import (
     constructor_signature,
     default_dtype,
     host_seed,
+    renamed,
 )
 
 Array = jax.Array
@@ -50,8 +51,9 @@ class MADE(nnx.Module):
       dim: number of autoregressive inputs D (>= 1).
       hidden_dims: widths of the hidden layers, each >= 1 (may be smaller than
         D, and may be empty for a single masked linear map).
-      params_per_dim: number of outputs per dimension P (2 for an affine
-        transformer: shift and unconstrained scale).
+      num_params: number of outputs per dimension P (2 for an affine
+        transformer: shift and unconstrained scale; a transformer's
+        ``num_params``).
       context_dim: width of the conditioning input (0: unconditional). Context
         reaches every output, the first dimension of the order included: in a
         conditional MADE some hidden units have degree 0 and see the context
@@ -75,9 +77,11 @@ class MADE(nnx.Module):
         ``rngs`` when needed (a device value pulled to the host, so not
         under ``nnx.eval_shape``).
       rngs: NNX random streams (``params``).
+      params_per_dim: former name of ``num_params`` (deprecated; still read
+        as ``made.params_per_dim``).
 
     Raises:
-      ValueError: ``dim < 1``, a hidden width <= 0, ``params_per_dim < 1``,
+      ValueError: ``dim < 1``, a hidden width <= 0, ``num_params < 1`` or missing,
         ``context_dim < 0``, unknown activation, order or hidden-degree rule,
         unequal widths with ``residual=True``.
 
@@ -91,7 +95,7 @@ class MADE(nnx.Module):
         self,
         dim: int,
         hidden_dims: Sequence[int],
-        params_per_dim: int,
+        num_params: int | None = None,
         *,
         context_dim: int = 0,
         activation: str | Callable[[Array], Array] = "relu",
@@ -102,10 +106,17 @@ class MADE(nnx.Module):
         param_dtype: jnp.dtype | None = None,
         mask_seed: int | None = None,
         rngs: nnx.Rngs,
+        params_per_dim: int | None = None,
     ):
         dim = check_int("dim", dim, minimum=1)
         hidden_dims = check_hidden_dims(hidden_dims)
-        params_per_dim = check_int("params_per_dim", params_per_dim, minimum=1)
+        num_params = renamed("num_params", num_params, "params_per_dim", params_per_dim)
+        if num_params is None:
+            raise ValueError(
+                "MADE needs num_params, the number of outputs per dimension (e.g. 2 for an "
+                "affine transformer: transformer.num_params)."
+            )
+        num_params = check_int("num_params", num_params, minimum=1)
         context_dim = check_int("context_dim", context_dim, minimum=0)
         output_init_scale = check_float("output_init_scale", output_init_scale)
         param_dtype = check_param_dtype(param_dtype)
@@ -133,7 +144,7 @@ class MADE(nnx.Module):
         layer_masks, _ = masks_lib.made_masks(
             degrees,
             hidden_dims,
-            params_per_dim,
+            num_params,
             hidden_degrees,
             context_dim > 0,
             seed=seed + 1,
@@ -141,7 +152,7 @@ class MADE(nnx.Module):
         )
         dtype = param_dtype
 
-        self.dim, self.params_per_dim, self.context_dim = dim, params_per_dim, context_dim
+        self.dim, self.num_params, self.context_dim = dim, num_params, context_dim
         self.hidden_dims = hidden_dims
         self.degrees = Constant(degrees)
         self.hidden = nnx.List(
@@ -158,7 +169,7 @@ class MADE(nnx.Module):
         self.output = MaskedLinear(
             layer_masks[-1], kernel_init=out_init, param_dtype=dtype, rngs=rngs
         )
-        first_width = hidden_dims[0] if hidden_dims else dim * params_per_dim
+        first_width = hidden_dims[0] if hidden_dims else dim * num_params
         self.context_proj = (
             nnx.Linear(context_dim, first_width, use_bias=False, param_dtype=dtype, rngs=rngs)
             if context_dim
@@ -175,6 +186,11 @@ class MADE(nnx.Module):
         """
         return np.argsort(self.degrees.array, kind="stable")
 
+    @property
+    def params_per_dim(self) -> int:
+        """Former name of :attr:`num_params` (outputs per dimension)."""
+        return self.num_params
+
     def __call__(self, x: Array, context: Array | None = None) -> Array:
         """Computes every conditional's parameters in one pass.
 
@@ -184,7 +200,7 @@ class MADE(nnx.Module):
             dimensions broadcast against those of ``x``), else None.
 
         Returns:
-          array of shape ``broadcast(...) + (dim, params_per_dim)``.
+          array of shape ``broadcast(...) + (dim, num_params)``.
 
         Raises:
           ValueError: wrong last dimension of ``x`` or ``context``, context
@@ -195,13 +211,13 @@ class MADE(nnx.Module):
         out = self.output(self._features(x, context))
         if not self.hidden and self.context_proj is not None:
             out = out + self.context_proj(context)
-        return out.reshape(out.shape[:-1] + (self.dim, self.params_per_dim))
+        return out.reshape(out.shape[:-1] + (self.dim, self.num_params))
 
     def params_at(self, x: Array, index: Array | int, context: Array | None = None) -> Array:
         """The parameters of dimension ``index`` alone: ``self(x, context)[..., index, :]``.
 
         The hidden layers run in full; the output layer computes only the
-        ``params_per_dim`` columns of that dimension. The exact sequential
+        ``num_params`` columns of that dimension. The exact sequential
         pass of :class:`jaxmaf.MaskedAutoregressive` determines one dimension
         per pass and calls this instead of the whole MADE.
 
@@ -211,7 +227,7 @@ class MADE(nnx.Module):
           context: as in :meth:`__call__`.
 
         Returns:
-          ``(..., params_per_dim)``.
+          ``(..., num_params)``.
 
         Raises:
           ValueError: as :meth:`__call__`; a concrete ``index`` outside
@@ -227,7 +243,7 @@ class MADE(nnx.Module):
         check_context(context, self.context_dim)
         if isinstance(index, int | np.integer) and not 0 <= index < self.dim:
             raise ValueError(f"Expected an index in [0, {self.dim}), got {index}.")
-        p = self.params_per_dim
+        p = self.num_params
         start = index * p
         out = self.output.columns(self._features(x, context), start, p)
         if not self.hidden and self.context_proj is not None:
@@ -271,9 +287,9 @@ class BoundMADE:
         return self.made.degrees
 
     def __call__(self, x: Array) -> Array:
-        """``made(x, context)``: ``(..., dim) -> (..., dim, params_per_dim)``."""
+        """``made(x, context)``: ``(..., dim) -> (..., dim, num_params)``."""
         return self.made(x, self.context)
 
     def params_at(self, x: Array, index: Array | int) -> Array:
-        """``made.params_at(x, index, context)``: ``(..., params_per_dim)``."""
+        """``made.params_at(x, index, context)``: ``(..., num_params)``."""
         return self.made.params_at(x, index, self.context)

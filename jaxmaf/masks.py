@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxmaf.validation import check_int
+from jaxmaf.validation import check_int, renamed
 
 ORDERS = ("natural", "reversed", "random")
 HIDDEN_DEGREES = ("equal", "random")
@@ -156,11 +156,13 @@ def hidden_degrees(
 def made_masks(
     in_degrees: np.ndarray,
     hidden_widths: Sequence[int],
-    params_per_dim: int = 1,
+    num_params: int | None = None,
     rule: str = "equal",
     conditional: bool = False,
     seed: int | None = 0,
     residual: bool = False,
+    *,
+    params_per_dim: int | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Masks of every layer of a MADE.
 
@@ -168,14 +170,15 @@ def made_masks(
       in_degrees: input degrees, shape ``(D,)`` (see :func:`input_degrees`).
       hidden_widths: widths of the hidden layers (may be empty: a single masked
         linear layer from inputs to outputs).
-      params_per_dim: number of outputs per input dimension P; the output units
-        are laid out as ``(D, P)`` flattened (unit ``i * P + p``).
+      num_params: number of outputs per input dimension P (default 1); the
+        output units are laid out as ``(D, P)`` flattened (unit ``i * P + p``).
       rule: hidden-degree rule (see :func:`hidden_degrees`).
       conditional: whether context inputs exist (allows degree-0 hidden units).
       seed: seed for random hidden degrees.
       residual: every hidden layer reuses the first hidden layer's degrees, so
         an identity (skip) connection between hidden layers respects the
         order (hidden-to-hidden masks then include the diagonal).
+      params_per_dim: former name of ``num_params`` (deprecated).
 
     Returns:
       ``(masks, hidden_degree_list)``: ``masks`` is a list of boolean arrays of
@@ -186,10 +189,11 @@ def made_masks(
       ValueError: as :func:`hidden_degrees`.
 
     Examples:
-      >>> masks, _ = made_masks(input_degrees(2), [4], params_per_dim=2)
+      >>> masks, _ = made_masks(input_degrees(2), [4], num_params=2)
       >>> [m.shape for m in masks]
       [(2, 4), (4, 4)]
     """
+    num_params = renamed("num_params", num_params, "params_per_dim", params_per_dim, 1)
     in_degrees = np.asarray(in_degrees)
     dim = in_degrees.shape[0]
     rng = np.random.default_rng(seed)
@@ -204,17 +208,20 @@ def made_masks(
         masks.append(prev[:, None] <= deg[None, :])
         degrees_list.append(deg)
         prev = reach = deg
-    out_degrees = np.repeat(in_degrees, params_per_dim)
+    out_degrees = np.repeat(in_degrees, num_params)
     masks.append(prev[:, None] < out_degrees[None, :])
     return masks, degrees_list
 
 
-def connectivity(masks: Sequence[np.ndarray], params_per_dim: int = 1) -> np.ndarray:
+def connectivity(
+    masks: Sequence[np.ndarray], num_params: int | None = None, *, params_per_dim: int | None = None
+) -> np.ndarray:
     """Which inputs can reach which outputs through a stack of masks.
 
     Args:
       masks: masks as returned by :func:`made_masks`.
-      params_per_dim: outputs per input dimension.
+      num_params: outputs per input dimension (default 1).
+      params_per_dim: former name of ``num_params`` (deprecated).
 
     Returns:
       boolean array ``(D_out, D_in)``: entry ``(i, j)`` is True when output
@@ -227,9 +234,10 @@ def connectivity(masks: Sequence[np.ndarray], params_per_dim: int = 1) -> np.nda
              [1, 0, 0],
              [1, 1, 0]])
     """
+    num_params = renamed("num_params", num_params, "params_per_dim", params_per_dim, 1)
     path = masks[0].astype(np.int64)
     for m in masks[1:]:
         path = np.minimum(path @ m.astype(np.int64), 1)
     d_in = path.shape[0]
-    per_out = path.reshape(d_in, -1, params_per_dim).max(axis=-1)
+    per_out = path.reshape(d_in, -1, num_params).max(axis=-1)
     return per_out.T.astype(bool)

@@ -435,7 +435,7 @@ def _adopt_checked_masks(flow: MAF | IAF, stored: Any, source: str) -> None:
         for j, (m, o) in enumerate(zip(new, old, strict=True)):
             expect(m.shape == o.shape and m.dtype == bool, source, f"layer {i}: mask {j}.")
         degrees = made.degrees.array
-        reach = connectivity(new, made.params_per_dim)  # (D out, D in)
+        reach = connectivity(new, made.num_params)  # (D out, D in)
         allowed = degrees[None, :] < degrees[:, None]
         expect(
             not np.any(reach & ~allowed),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,6 +114,40 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"Unknown {name} {value!r}: expected one of {choices}.")
     return value
+
+
+def renamed(new: str, new_value: Any, old: str, old_value: Any, default: Any = None) -> Any:
+    """The value of an argument that was renamed, given under either name.
+
+    The old spelling still works, with a ``DeprecationWarning`` naming the new one.
+
+    Args:
+      new: the argument's name now.
+      new_value: what was passed under it (None: not passed).
+      old: its former name.
+      old_value: what was passed under that (None: not passed).
+      default: the value when neither was passed.
+
+    Returns:
+      the value passed, or ``default``.
+
+    Raises:
+      ValueError: both names given, with different values.
+
+    Examples:
+      >>> renamed("num_params", 2, "params_per_dim", None)
+      2
+    """
+    if old_value is None:
+        return default if new_value is None else new_value
+    warnings.warn(
+        f"{old}= is deprecated: use {new}= (the same meaning).", DeprecationWarning, stacklevel=3
+    )
+    if new_value is not None and new_value != old_value:
+        raise ValueError(
+            f"Got {new}={new_value!r} and its former name {old}={old_value!r}: pass {new}= only."
+        )
+    return old_value
 
 
 def check_rngs(rngs: Any) -> Any:

@@ -153,8 +153,10 @@ def test_made_errors():
         made(jnp.ones(3))
     with pytest.raises(ValueError, match="Unknown activation 'rel'"):
         jaxmaf.MADE(3, (8,), 2, activation="rel", rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="params_per_dim to be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_params to be an integer >= 1"):
         jaxmaf.MADE(3, (8,), 0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="MADE needs num_params"):
+        jaxmaf.MADE(3, (8,), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="Unknown order"):
         jaxmaf.MADE(3, (8,), 2, order="zigzag", rngs=nnx.Rngs(0))
 
@@ -177,3 +179,20 @@ def test_hidden_biases_break_positive_homogeneity():
     for layer in made.hidden:  # the old initialisation: exactly homogeneous
         layer.bias[...] = jnp.zeros_like(layer.bias[...])
     np.testing.assert_allclose(made(3.0 * x), 3.0 * made(x), atol=1e-5)
+
+
+def test_params_per_dim_is_the_former_name_of_num_params():
+    """One name for the outputs per dimension, the transformers' (and flowjax's) num_params;
+    the former keyword still builds the same MADE, with a DeprecationWarning."""
+    new = jaxmaf.MADE(3, (8,), num_params=2, rngs=nnx.Rngs(0))
+    with pytest.warns(DeprecationWarning, match="use num_params="):
+        old = jaxmaf.MADE(3, (8,), params_per_dim=2, rngs=nnx.Rngs(0))
+    assert new.num_params == old.num_params == old.params_per_dim == 2
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    np.testing.assert_array_equal(new(x), old(x))
+    with pytest.raises(ValueError, match="pass num_params= only"):
+        jaxmaf.MADE(3, (8,), 2, params_per_dim=3, rngs=nnx.Rngs(0))
+    masks, _ = jaxmaf.masks.made_masks(jaxmaf.masks.input_degrees(3), [8], num_params=2)
+    with pytest.warns(DeprecationWarning):
+        reach = jaxmaf.masks.connectivity(masks, params_per_dim=2)
+    np.testing.assert_array_equal(reach, jaxmaf.masks.connectivity(masks, 2))

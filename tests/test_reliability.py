@@ -67,6 +67,10 @@ BAD_CONSTRUCTIONS = {
         lambda: jaxmaf.MAF(2, 2, (8,), base="mog", num_components=0, rngs=R(0)),
         "num_components",
     ),
+    "num_components without a mixture base": (
+        lambda: jaxmaf.IAF(2, 2, (8,), num_components=4, rngs=R(0)),
+        "num_components",
+    ),
     "residual str": (lambda: jaxmaf.MAF(2, 2, (8,), residual="yes", rngs=R(0)), "residual"),
     "int param_dtype": (lambda: jaxmaf.MAF(2, 2, (8,), param_dtype="int32", rngs=R(0)), "dtype"),
     "float64 without x64": (
@@ -563,3 +567,17 @@ def test_transformer_objects_without_the_protocol_or_unhashable_are_refused():
 
     with pytest.raises(ValueError, match="hashable"):
         jaxmaf.MAF(2, 2, (8,), transformer=Mutable(), rngs=nnx.Rngs(0))
+
+
+def test_flows_and_their_configuration_share_one_num_components_rule():
+    """Left out, ``num_components`` means 8 for a mixture base and 1 otherwise, in the flow
+    and in a FlowConfig alike; a file's configuration rebuilds the same base."""
+    for base, expected in (("mog", 8), ("gaussian", 1)):
+        flow = jaxmaf.MAF(2, 2, (8,), base=base, rngs=R(0))
+        assert flow.config.num_components == expected
+        fields = {k: v for k, v in vars(flow.config).items() if k != "num_components"}
+        assert jaxmaf.FlowConfig(**fields) == flow.config
+    mog = jaxmaf.MAF(2, 2, (8,), base="mog", rngs=R(0))
+    assert mog.base.logits.shape == (8,)
+    again = jaxmaf.MAF(**mog.config.to_dict() | {"transformer": "affine"}, rngs=R(0))
+    assert again.base.logits.shape == (8,)
