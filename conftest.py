@@ -46,3 +46,22 @@ import jaxmaf  # noqa: E402
 @pytest.fixture(autouse=True)
 def _doctest_names(doctest_namespace):
     doctest_namespace.update(jax=jax, jnp=jnp, np=np, nnx=nnx, jaxmaf=jaxmaf)
+
+
+# Tests that run for tens of seconds (subprocesses, a whole README, a multi-process run): run
+# first, so that xdist's work stealing (``--dist worksteal`` in pyproject) fills the other
+# worker with short tests meanwhile instead of leaving one of them running alone at the end.
+_LONG_FIRST = (
+    "tests/test_readme.py",
+    "tests/test_multiprocess.py",
+    "tests/test_examples.py",
+    "tests/test_benchmarks.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return _LONG_FIRST.index(path) if path in _LONG_FIRST else len(_LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each group is kept

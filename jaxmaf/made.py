@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxmaf import masks as masks_lib
 from jaxmaf.activations import ACTIVATIONS, get_activation
-from jaxmaf.masked_linear import Constant, MaskedLinear, uniform_fan_in
+from jaxmaf.masked_linear import Constant, MaskedLinear, scaled_lecun_normal, uniform_fan_in
 from jaxmaf.validation import (
     check_context,
     check_event,
@@ -161,13 +161,11 @@ class MADE(nnx.Module):
                 for m in layer_masks[:-1]
             ]
         )
-        base_init = nnx.initializers.lecun_normal()
-
-        def out_init(key, shape, dtype):
-            return output_init_scale * base_init(key, shape, dtype)
-
         self.output = MaskedLinear(
-            layer_masks[-1], kernel_init=out_init, param_dtype=dtype, rngs=rngs
+            layer_masks[-1],
+            kernel_init=scaled_lecun_normal(float(output_init_scale)),
+            param_dtype=dtype,
+            rngs=rngs,
         )
         first_width = hidden_dims[0] if hidden_dims else dim * num_params
         self.context_proj = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -44,6 +45,7 @@ class Constant:
         return f"Constant(shape={self.array.shape}, dtype={self.array.dtype})"
 
 
+@functools.lru_cache(maxsize=256)
 def uniform_fan_in(fan_in: int) -> Callable[[Array, tuple[int, ...], jnp.dtype], Array]:
     """An initializer drawing from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
 
@@ -66,12 +68,73 @@ def uniform_fan_in(fan_in: int) -> Callable[[Array, tuple[int, ...], jnp.dtype],
       >>> bool(jnp.all(jnp.abs(b) <= 0.5)), b.dtype
       (True, dtype('float32'))
     """
-    limit = 1.0 / np.sqrt(max(int(fan_in), 1))
+    limit = 1.0 / np.sqrt(max(int(fan_in), 1))  # one function per fan_in (cached): see draw()
 
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
         return jax.random.uniform(key, shape, dtype, -limit, limit)
 
     return init
+
+
+LECUN_NORMAL = nnx.initializers.lecun_normal()
+
+
+@functools.lru_cache(maxsize=64)
+def scaled_lecun_normal(scale: float) -> Callable[[Array, tuple[int, ...], jnp.dtype], Array]:
+    """``scale`` times LeCun normal (MADE's output kernel; 0: exactly zero), one per scale.
+
+    Args:
+      scale: the multiplier (finite).
+
+    Returns:
+      an initializer ``(key, shape, dtype) -> Array``.
+
+    Examples:
+      >>> scaled_lecun_normal(0.0)(jax.random.key(0), (2, 3), jnp.float32).tolist()
+      [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    if scale == 0.0:  # no draw at all
+
+        def zero(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
+            return jnp.zeros(shape, dtype)
+
+        return zero
+
+    def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
+        return scale * LECUN_NORMAL(key, shape, dtype)
+
+    return init
+
+
+def draw(init: Callable, key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    """``init(key, shape, dtype)`` as one compiled program per ``(init, shape, dtype)``.
+
+    Called eagerly, an initializer runs op by op, and each op compiles its own
+    program for each new shape (about ten per layer): most of the time a new
+    flow took to build. One program per initializer and shape is compiled once
+    and reused by every later flow of that shape. Inside a trace (``nnx.jit``,
+    ``nnx.eval_shape``) it is inlined as before.
+
+    Args:
+      init: an initializer ``(key, shape, dtype) -> Array`` (hashable: functions are).
+      key: a JAX random key.
+      shape: the shape drawn.
+      dtype: the dtype drawn.
+
+    Returns:
+      the array ``init`` returns.
+
+    Examples:
+      >>> a = draw(uniform_fan_in(4), jax.random.key(0), (3,), jnp.float32)
+      >>> bool(jnp.all(a == uniform_fan_in(4)(jax.random.key(0), (3,), jnp.float32)))
+      True
+    """
+    return _compiled(init, tuple(int(n) for n in shape), jnp.dtype(dtype))(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(init: Callable, shape: tuple[int, ...], dtype: jnp.dtype) -> Callable:
+    return jax.jit(lambda key: init(key, shape, dtype))
 
 
 @constructor_signature
@@ -112,16 +175,16 @@ class MaskedLinear(nnx.Module):
         check_rngs(rngs)
         fan_in, fan_out = mask.shape
         dtype = check_param_dtype(param_dtype)
-        kernel_init = kernel_init or nnx.initializers.lecun_normal()
+        kernel_init = kernel_init or LECUN_NORMAL
         self.in_features, self.out_features = fan_in, fan_out
         self.mask = Constant(mask)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (fan_in, fan_out), dtype))
+        self.kernel = nnx.Param(draw(kernel_init, rngs.params(), (fan_in, fan_out), dtype))
         if not use_bias:
             self.bias = None
         elif bias_init is None:
             self.bias = nnx.Param(jnp.zeros((fan_out,), dtype))
         else:
-            self.bias = nnx.Param(bias_init(rngs.params(), (fan_out,), dtype))
+            self.bias = nnx.Param(draw(bias_init, rngs.params(), (fan_out,), dtype))
 
     def masked_kernel(self) -> Array:
         """The effective kernel ``kernel * mask``, shape ``(in, out)``."""
