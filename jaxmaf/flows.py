@@ -18,7 +18,7 @@ from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
 from jaxmaf.config import FlowConfig, check_num_components
 from jaxmaf.flow import Flow
 from jaxmaf.made import MADE
-from jaxmaf.masks import HIDDEN_DEGREES, check_permutation
+from jaxmaf.masks import HIDDEN_DEGREES, PERMUTATIONS, layer_permutations
 from jaxmaf.preprocessing import Standardization, box_bijector, check_support, to_unconstrained
 from jaxmaf.transformers import Transformer, get_transformer
 from jaxmaf.validation import (
@@ -35,7 +35,6 @@ from jaxmaf.validation import (
 )
 
 Array = jax.Array
-PERMUTATIONS = ("auto", "reverse", "random", "none")
 __all__ = ["BASES", "IAF", "MAF", "PERMUTATIONS", "FlowConfig", "standard_normal_log_prob"]
 
 
@@ -89,7 +88,9 @@ class _AutoregressiveFlow(Flow):
         self.param_dtype = jnp.dtype(check_param_dtype(param_dtype))
         if mask_seed is not None:
             mask_seed = check_int("mask_seed", mask_seed, minimum=0)
-        self.permutations = self._make_permutations(permutation, rngs, mask_seed)
+        self.permutations = layer_permutations(
+            permutation, dim, num_layers, mask_seed if mask_seed is not None else rngs
+        )
         check_choice("hidden_degrees", hidden_degrees, HIDDEN_DEGREES)
         if mask_seed is None and hidden_degrees == "random":
             mask_seed = host_seed(rngs)
@@ -146,39 +147,6 @@ class _AutoregressiveFlow(Flow):
         )
         # built last, so that the layers' initial values do not depend on the base
         self.base = make_base(base, dim, num_components, self.param_dtype, rngs)
-
-    def _make_permutations(
-        self, permutation: str | Sequence[Sequence[int]], rngs: nnx.Rngs, mask_seed: int | None
-    ) -> tuple[tuple[int, ...], ...]:
-        n = self.num_layers - 1
-        if isinstance(permutation, str) and permutation == "reversed":  # the MADE order's name
-            permutation = "reverse"
-        if isinstance(permutation, str):
-            if permutation == "auto" and self.dim > 2:
-                rng = np.random.default_rng(self.dim)  # fixed by the shape, not by rngs
-                perms = [rng.permutation(self.dim) for _ in range(n)]
-            elif permutation in ("reverse", "auto"):
-                perms = [np.arange(self.dim)[::-1]] * n
-            elif permutation == "none":
-                perms = [np.arange(self.dim)] * n
-            elif permutation == "random":
-                # With mask_seed, a stream of its own (not the hidden degrees'), no device value.
-                rng = np.random.default_rng(
-                    host_seed(rngs) if mask_seed is None else [mask_seed, 1]
-                )
-                perms = [rng.permutation(self.dim) for _ in range(n)]
-            else:
-                raise ValueError(
-                    f"Unknown permutation {permutation!r}: expected one of {PERMUTATIONS} or a "
-                    f"list of num_layers - 1 = {n} permutations."
-                )
-        else:
-            if len(permutation) != n:
-                raise ValueError(
-                    f"Expected num_layers - 1 = {n} permutations, got {len(permutation)}."
-                )
-            perms = [check_permutation(p, self.dim) for p in permutation]
-        return tuple(tuple(int(i) for i in p) for p in perms)
 
     # ------------------------------------------------------------------ bijector
     def bijector(

@@ -13,10 +13,11 @@ of :class:`jaxmaf.MaskedLinear` (``y = x @ (kernel * mask) + bias``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from jaxmaf.validation import check_int, renamed
+from jaxmaf.validation import check_int, host_seed, renamed
 
 ORDERS = ("natural", "reversed", "random")
 HIDDEN_DEGREES = ("equal", "random")
@@ -241,3 +242,58 @@ def connectivity(
     d_in = path.shape[0]
     per_out = path.reshape(d_in, -1, num_params).max(axis=-1)
     return per_out.T.astype(bool)
+
+
+PERMUTATIONS = ("auto", "reverse", "random", "none")
+
+
+def layer_permutations(
+    permutation: str | Sequence[Sequence[int]], dim: int, num_layers: int, seed: Any
+) -> tuple[tuple[int, ...], ...]:
+    """The permutations a flow puts between consecutive layers (``num_layers - 1`` of them).
+
+    Args:
+      permutation: ``"auto"`` (the reversal for ``dim <= 2``; above, pseudo-random
+        permutations from a numpy generator seeded with ``dim``, so every flow
+        of a shape has the same ones), ``"reverse"`` (or MADE's spelling
+        ``"reversed"``), ``"random"``, ``"none"``, or an explicit list.
+      dim: the data dimension.
+      num_layers: the number of autoregressive layers.
+      seed: for ``"random"``: an int ``mask_seed`` (a numpy stream of its own),
+        or an ``nnx.Rngs`` to draw a host seed from.
+
+    Returns:
+      a tuple of ``num_layers - 1`` permutations, each a tuple of ints.
+
+    Raises:
+      ValueError: an unknown name, a list of the wrong length, or an entry
+        that is not a permutation of ``range(dim)``.
+
+    Examples:
+      >>> layer_permutations("reverse", 3, 3, 0)
+      ((2, 1, 0), (2, 1, 0))
+    """
+    n = num_layers - 1
+    if isinstance(permutation, str) and permutation == "reversed":  # the MADE order's name
+        permutation = "reverse"
+    if not isinstance(permutation, str):
+        if len(permutation) != n:
+            raise ValueError(f"Expected num_layers - 1 = {n} permutations, got {len(permutation)}.")
+        perms = [check_permutation(p, dim) for p in permutation]
+    elif permutation == "auto" and dim > 2:
+        rng = np.random.default_rng(dim)  # fixed by the shape, not by rngs
+        perms = [rng.permutation(dim) for _ in range(n)]
+    elif permutation in ("reverse", "auto"):
+        perms = [np.arange(dim)[::-1]] * n
+    elif permutation == "none":
+        perms = [np.arange(dim)] * n
+    elif permutation == "random":
+        # With mask_seed, a stream of its own (not the hidden degrees'), no device value.
+        rng = np.random.default_rng([seed, 1] if isinstance(seed, int) else host_seed(seed))
+        perms = [rng.permutation(dim) for _ in range(n)]
+    else:
+        raise ValueError(
+            f"Unknown permutation {permutation!r}: expected one of {PERMUTATIONS} or a "
+            f"list of num_layers - 1 = {n} permutations."
+        )
+    return tuple(tuple(int(i) for i in p) for p in perms)
