@@ -46,6 +46,8 @@ class _AutoregressiveFlow(Flow):
     :class:`jaxmaf.flow.Flow`'s.
     """
 
+    default_init = ("uniform", 1.0)  # (init, output_init_scale) when the caller leaves them out
+
     def __init__(
         self,
         dim: int,
@@ -61,7 +63,8 @@ class _AutoregressiveFlow(Flow):
         base: str = "gaussian",
         num_components: int | None = None,
         batch_norm: bool = False,
-        output_init_scale: float = 0.0,
+        init: str | None = None,
+        output_init_scale: float | None = None,
         param_dtype: jnp.dtype | None = None,
         mask_seed: int | None = None,
         standardize: bool = False,
@@ -74,6 +77,10 @@ class _AutoregressiveFlow(Flow):
         context_dim = check_int("context_dim", context_dim, minimum=0)
         check_choice("base", base, BASES)
         num_components = check_num_components(num_components, base)
+        if init is None:
+            init = self.default_init[0]
+        if output_init_scale is None:
+            output_init_scale = self.default_init[1]
         output_init_scale = check_float("output_init_scale", output_init_scale)
         support = check_support(support, dim)
         flags = (("residual", residual), ("batch_norm", batch_norm), ("standardize", standardize))
@@ -109,6 +116,7 @@ class _AutoregressiveFlow(Flow):
                     activation=activation,
                     hidden_degrees=hidden_degrees,
                     residual=residual,
+                    init=init,
                     output_init_scale=output_init_scale,
                     param_dtype=self.param_dtype,
                     mask_seed=seed,
@@ -343,8 +351,15 @@ class MAF(_AutoregressiveFlow):
       batch_norm: a :class:`jaxmaf.BatchNorm` bijection between consecutive
         layers (batch statistics in train mode, running averages after
         ``flow.eval()``; :func:`jaxmaf.fit` updates them).
-      output_init_scale: initial scale of each MADE's output kernel (0: the
-        flow starts exactly at the identity).
+      init: how each MADE's weights are drawn, ``"uniform"`` or
+        ``"lecun_normal"`` (see :class:`jaxmaf.MADE`). None: the flow's
+        default, ``"uniform"`` for MAF (PyTorch's and flowjax's; it learned
+        lower test NLL on the accuracy suite, most on tabular data) and
+        ``"lecun_normal"`` for IAF.
+      output_init_scale: initial scale of each MADE's output layer (0: the
+        flow starts exactly at the identity). None: the flow's default, 1 for
+        MAF (a random map near the identity) and 0 for IAF (the identity
+        start of the IAF paper, what a variational guide starts from).
       param_dtype: parameter dtype (float32; float64 under
         ``jax_enable_x64``).
       mask_seed: numpy seed of the random hidden degrees (with
@@ -381,6 +396,7 @@ class MAF(_AutoregressiveFlow):
     """
 
     inverted = False
+    default_init = ("uniform", 1.0)
 
 
 @constructor_signature
@@ -398,3 +414,4 @@ class IAF(_AutoregressiveFlow):
     """
 
     inverted = True
+    default_init = ("lecun_normal", 0.0)

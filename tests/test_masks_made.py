@@ -127,8 +127,14 @@ def test_activation_by_name(name):
 
 
 def test_made_zero_output_init_and_callable_activation():
+    zero = jaxmaf.MADE(3, (8,), 2, output_init_scale=0.0, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(zero(jnp.ones((4, 3))), np.zeros((4, 3, 2)))
     made = jaxmaf.MADE(3, (8,), 2, activation=jax.nn.soft_sign, rngs=nnx.Rngs(0))
-    np.testing.assert_array_equal(made(jnp.ones((4, 3))), np.zeros((4, 3, 2)))
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    hidden, out = made.hidden[0], made.output  # the callable is the one applied
+    expected = out(jax.nn.soft_sign(hidden(x))).reshape(4, 3, 2)
+    np.testing.assert_allclose(made(x), expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(expected, out(jax.nn.relu(hidden(x))).reshape(4, 3, 2))
 
 
 def test_masks_are_constants_not_state():
@@ -165,8 +171,8 @@ def test_hidden_biases_break_positive_homogeneity():
     """With zero hidden biases every ReLU kink of a 2-d MADE sits at x_0 = 0, so the
     conditioner is positively homogeneous, made(c x) = c made(x) for c > 0: a degenerate
     start that cost up to 0.8 nats on 2-d data (benchmarks/accuracy.py). The default
-    U(+-1/sqrt(fan_in)) hidden biases spread the kinks."""
-    made = jaxmaf.MADE(2, (64, 64), 2, output_init_scale=1.0, rngs=nnx.Rngs(0))
+    U(+-1/sqrt(fan_in)) hidden biases spread the kinks (the former LeCun initialisation)."""
+    made = jaxmaf.MADE(2, (64, 64), 2, init="lecun_normal", output_init_scale=1.0, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (256, 2))
     for layer in made.hidden:
         limit = 1 / np.sqrt(layer.kernel.shape[0])
@@ -196,3 +202,30 @@ def test_params_per_dim_is_the_former_name_of_num_params():
     with pytest.warns(DeprecationWarning):
         reach = jaxmaf.masks.connectivity(masks, params_per_dim=2)
     np.testing.assert_array_equal(reach, jaxmaf.masks.connectivity(masks, 2))
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_uniform_init_draws_every_layer_within_its_full_fan_in_bound(context_dim):
+    """init="uniform" (the default): each kernel and bias ~ U(+-1/sqrt(fan_in)) over the
+    layer's whole input (the first layer's includes the context), spread over the bound; the
+    output layer's times output_init_scale, and 0 gives the exact identity flow."""
+    made = jaxmaf.MADE(5, (64, 32), 2, context_dim=context_dim, rngs=nnx.Rngs(0))
+    fan_ins = [5 + context_dim, 64, 32]
+    layers = [*made.hidden, made.output]
+    for layer, fan_in in zip(layers, fan_ins, strict=True):
+        limit = 1 / np.sqrt(fan_in)
+        for w in (np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])):
+            assert np.all(np.abs(w) <= limit) and np.std(w) > 0.35 * limit  # U: 0.577 limit
+    if context_dim:
+        proj = np.asarray(made.context_proj.kernel[...])
+        assert np.all(np.abs(proj) <= 1 / np.sqrt(fan_ins[0])) and np.std(proj) > 0
+    half = jaxmaf.MADE(5, (64, 32), 2, output_init_scale=0.5, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(half.output.kernel[...], 0.5 * made.output.kernel[...])
+    flow = jaxmaf.MAF(3, 2, (16,), output_init_scale=0.0, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+    expected = jnp.sum(jax.scipy.stats.norm.logpdf(x), -1)
+    np.testing.assert_allclose(flow.log_prob(x), expected, rtol=1e-6, atol=1e-6)
+    default = jaxmaf.MAF(3, 2, (16,), rngs=nnx.Rngs(0))  # a random map near the identity
+    assert float(jnp.max(jnp.abs(default.log_prob(x) - expected))) > 1e-3
+    with pytest.raises(ValueError, match="Unknown init 'he'"):
+        jaxmaf.MADE(3, (8,), 2, init="he", rngs=nnx.Rngs(0))
