@@ -126,12 +126,17 @@ def zero_bias(flow, seed):
 VARIANTS: dict[str, tuple] = {
     "default": ("jaxmaf's defaults", {}, {}),
     "init_lecun": (
-        "the former default: LeCun-normal kernels, zero output layer (identity start)",
+        "the former default: LeCun-normal hidden kernels (zero output layer)",
         {"init": "lecun_normal", "output_init_scale": 0.0},
         {},
     ),
-    "init_zero": ("output layer exactly zero (identity start)", {"output_init_scale": 0.0}, {}),
+    "init_zero": ("output layer exactly zero (the default)", {"output_init_scale": 0.0}, {}),
     "init_0.3": ("output layer 0.3 x its uniform draw", {"output_init_scale": 0.3}, {}),
+    "init_flowjax": (
+        "flowjax's: the output layer drawn like the hidden ones",
+        {"output_init_scale": 1.0},
+        {},
+    ),
     "bias_zero": ("hidden biases zero", {}, {}, zero_bias),
     "scale_exp": ("scale exp(a)", {"transformer": jaxmaf.Affine(scale="exp")}, {}),
     "scale_softclamp": (

@@ -133,8 +133,8 @@ def is_autoregressive(
     ``(D, P, ...)`` (a MADE's) are tested per dimension ``i`` over all its
     parameters.
 
-    A Jacobian that is zero at every point certifies nothing (a MADE built
-    with ``output_init_scale=0``, say): that raises instead of answering True.
+    A Jacobian that is zero at every point certifies nothing (a new MADE,
+    whose output layer starts at zero, say): that raises instead of answering True.
 
     Args:
       fn: a map from ``(D,)`` to ``(D,)`` or ``(D, P, ...)``.
@@ -174,7 +174,7 @@ def is_autoregressive(
     if not nz.any():
         raise ValueError(
             "The Jacobian of fn is zero at every point of x, so it shows no dependence to test "
-            "(a MADE built with output_init_scale=0, for one): perturb the parameters or use "
+            "(a new MADE's output layer starts at zero, for one): perturb the parameters or use "
             "other points."
         )
     if order is not None:
