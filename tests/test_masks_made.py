@@ -81,7 +81,7 @@ def _perturbed_made(dim, hidden, context_dim=0, **kw):
     return made
 
 
-@pytest.mark.parametrize("dim", [1, 2, 5, 11])
+@pytest.mark.parametrize("dim", [1, 3, 11])  # one input, fewer than the narrow width, more
 @pytest.mark.parametrize("order", ["natural", "reversed", "random", "explicit"])
 @pytest.mark.parametrize("hidden", [(16, 16), (4,), ()])
 @pytest.mark.parametrize("context_dim", [0, 2])
