@@ -60,6 +60,8 @@ _LONG_FIRST = (
 
 
 def pytest_collection_modifyitems(config, items):
+    """Moves the long tests of ``_LONG_FIRST`` to the front, keeping every other order."""
+
     def rank(item):
         path = item.nodeid.split("::")[0]
         return _LONG_FIRST.index(path) if path in _LONG_FIRST else len(_LONG_FIRST)
