@@ -200,12 +200,16 @@ class MADE(nnx.Module):
             rngs=rngs,
         )
         first_width = hidden_dims[0] if hidden_dims else dim * num_params
+        # the context joins the first layer: drawn as its kernel (the output layer's if none)
+        context_init = inits[0][0] if inits else out_init[0]
+        if not inits and init != "uniform":
+            context_init = LECUN_NORMAL  # the former default's (flax's Linear default)
         self.context_proj = (
             nnx.Linear(
                 context_dim,
                 first_width,
                 use_bias=False,
-                kernel_init=inits[0][0] if inits or init != "uniform" else out_init[0],
+                kernel_init=context_init,
                 param_dtype=dtype,
                 rngs=rngs,
             )

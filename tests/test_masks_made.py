@@ -240,3 +240,12 @@ def test_uniform_init_draws_every_layer_within_its_full_fan_in_bound(context_dim
     assert float(jnp.max(jnp.abs(random.log_prob(x) - expected))) > 1e-3
     with pytest.raises(ValueError, match="Unknown init 'he'"):
         jaxmaf.MADE(3, (8,), 2, init="he", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("init", ["uniform", "lecun_normal"])
+def test_made_without_hidden_layers_takes_a_context_under_either_init(init):
+    """A single masked map (hidden_dims=()) with a context: built under both inits, the
+    context reaching every output once the output layer is drawn."""
+    made = jaxmaf.MADE(3, (), 2, context_dim=2, init=init, output_init_scale=1.0, rngs=nnx.Rngs(0))
+    jac = jax.jacfwd(lambda c: made(jnp.ones(3), c))(jnp.ones(2))  # (3, 2, 2)
+    assert np.all(np.abs(np.asarray(jac)).max(axis=(1, 2)) > 0)
