@@ -45,6 +45,11 @@ class Constant:
         return f"Constant(shape={self.array.shape}, dtype={self.array.dtype})"
 
 
+def _zeros(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
+    """The zero initializer (a scale-0 draw): one function, so :func:`draw` compiles it once."""
+    return jnp.zeros(shape, dtype)
+
+
 @functools.lru_cache(maxsize=256)
 def uniform_fan_in(
     fan_in: int, scale: float = 1.0
@@ -73,12 +78,8 @@ def uniform_fan_in(
       (True, dtype('float32'))
     """
     limit = float(scale) / np.sqrt(max(int(fan_in), 1))  # one function per (fan_in, scale)
-    if limit == 0.0:  # cached, see draw()
-
-        def zero(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
-            return jnp.zeros(shape, dtype)
-
-        return zero
+    if limit == 0.0:  # no draw at all
+        return _zeros
 
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
         return jax.random.uniform(key, shape, dtype, -limit, limit)
@@ -104,11 +105,7 @@ def scaled_lecun_normal(scale: float) -> Callable[[Array, tuple[int, ...], jnp.d
       [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
     """
     if scale == 0.0:  # no draw at all
-
-        def zero(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
-            return jnp.zeros(shape, dtype)
-
-        return zero
+        return _zeros
 
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
         return scale * LECUN_NORMAL(key, shape, dtype)
