@@ -132,8 +132,9 @@ def zero_bias(flow, seed):
             layer.bias[...] = jnp.zeros_like(layer.bias[...])
 
 
-# Ablation: each variant changes ONE factor of jaxmaf's defaults (flow kwargs, fit kwargs,
-# or the optimizer); "default" is the library as shipped.
+# Ablation: each variant changes ONE factor of jaxmaf's defaults (flow kwargs, or a function
+# of the dimension returning them; fit kwargs, or the optimizer); "default" is the library as
+# shipped.
 VARIANTS: dict[str, tuple] = {
     "default": ("jaxmaf's defaults", {}, {}),
     "init_lecun": (
@@ -146,6 +147,11 @@ VARIANTS: dict[str, tuple] = {
     "init_flowjax": (
         "flowjax's: the output layer drawn like the hidden ones",
         {"output_init_scale": 1.0},
+        {},
+    ),
+    "init_sqrt2_over_d": (
+        "output layer sqrt(2 / D) x its uniform draw (flowjax's scale in 2-d, less above)",
+        lambda dim: {"output_init_scale": min(1.0, math.sqrt(2.0 / dim))},
         {},
     ),
     "bias_zero": ("hidden biases zero", {}, {}, zero_bias),
@@ -187,6 +193,8 @@ VARIANTS: dict[str, tuple] = {
 
 def fit_jaxmaf(data, dim, args, seed, variant):
     _, flow_kwargs, fit_kwargs, *hook = VARIANTS[variant]
+    if callable(flow_kwargs):  # a function of the dimension
+        flow_kwargs = flow_kwargs(dim)
     fit_kwargs = dict(fit_kwargs)
     steps = -(-len(data.train) // args.batch_size)
     make_opt = fit_kwargs.pop("optimizer", lambda lr, steps: optax.adam(lr))
