@@ -9,9 +9,13 @@
 #   PYTHON=...   interpreter (default python3)
 #   ONLY="a b"   run only these (names as in the run lines below)
 #   TESTS="..."  then run these pytest arguments (capped by CAP_TESTS, default 120 s)
+#   ACCURACY_SEEDS=N  then accuracy.py on every data set with N seeds on the machine's CPUs
+#                (JAX_PLATFORMS=cpu, one process per core but one; capped by CAP_ACCURACY,
+#                default 330 s; 10 seeds took 235 s on the 16 cores of an H100 machine)
 #
 # Writes $OUT/log.txt (everything printed) and $OUT/results.tar.gz (each benchmark's --out
-# folder: JSON, figures). accuracy.py is not run: its figures are NLLs, not times, and take hours.
+# folder: JSON, figures). accuracy.py runs only when asked (ACCURACY_SEEDS): its figures are NLLs,
+# not times, and do not need the GPU.
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT to a folder for the results}
@@ -86,6 +90,16 @@ run jacobi_sampling "${CAP_JACOBI:-80}" benchmarks/jacobi_sampling.py
 for s in 0 1 2; do
   run "variational_seed$s" "${CAP_VARIATIONAL:-110}" examples/variational.py --seed "$s"
 done
+run variational_speed "${CAP_VISPEED:-120}" benchmarks/variational_speed.py
+
+if [ -n "${ACCURACY_SEEDS:-}" ] && [ -z "${ONLY:-}" ]; then
+  echo
+  echo "######## accuracy, $ACCURACY_SEEDS seeds on the CPUs (cap ${CAP_ACCURACY:-330}s) $(date -u +%T)"
+  JAX_PLATFORMS=cpu timeout --signal=INT --kill-after=10 "${CAP_ACCURACY:-330}" $PY \
+    benchmarks/accuracy.py --datasets all --seeds "$ACCURACY_SEEDS" \
+    --jobs "$(($(nproc) > 1 ? $(nproc) - 1 : 1))" --out "$RES/accuracy"
+  echo "######## accuracy: exit $?"
+fi
 
 if [ -n "${TESTS:-}" ]; then
   echo
