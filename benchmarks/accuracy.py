@@ -82,7 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--patience", type=int, default=20)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"argument --jobs: expected a number of processes >= 1, got {args.jobs}")
+    return args
 
 
 if __name__ == "__main__":
