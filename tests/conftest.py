@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -74,15 +75,16 @@ DIMS = (1, 2, 5, 11)
 
 
 def perturb(module: nnx.Module, seed: int = 0, scale: float = 0.3) -> nnx.Module:
-    """Moves every parameter away from its initial value (the identity flow) in place."""
+    """Moves every parameter away from its initial value (the identity flow) in place.
+
+    The noise is drawn on the host (NumPy): drawing it with ``jax.random`` compiled one
+    program per parameter shape, about 1 s per new flow, a tenth of the suite's time.
+    """
     params = nnx.state(module, nnx.Param)
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    noisy = [
-        p + scale * jax.random.normal(k, p.shape, p.dtype)
-        for p, k in zip(leaves, keys, strict=True)
-    ]
-    nnx.update(module, jax.tree.unflatten(treedef, noisy))
+    rng = np.random.default_rng(seed)
+    noisy = [np.asarray(p) + scale * rng.standard_normal(p.shape).astype(p.dtype) for p in leaves]
+    nnx.update(module, jax.tree.unflatten(treedef, [jnp.asarray(v) for v in noisy]))
     return module
 
 

@@ -100,3 +100,49 @@ def test_every_script_answers_help_before_importing_jax():
         expected = 0 if flag == "--help" else 2  # argparse: 0 for help, 2 for a bad flag
         assert code_ == expected, (path, flag, code_)
         assert not jax_loaded, f"{path} {flag} imported JAX first"
+
+
+def load_example(name: str):
+    """Imports an example file as a module (its ``main`` is not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "examples", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task_name", ["gaussian_mixture", "two_moons"])
+def test_npe_reference_posteriors_agree_with_their_densities(task_name):
+    """The SBI-benchmark tasks' exact samplers (simulator inversion) and exact densities
+    (closed-form likelihood over its mass in the box) describe the same posterior: the density
+    integrates to 1 over the prior's box, and its mean and covariance on a grid match those of
+    the exact draws."""
+    import numpy as np
+
+    example = load_example("posterior_estimation")
+    task = next(cls() for cls in example.TASKS if cls.name == task_name)
+    rng = np.random.default_rng(5)
+    low, high = task.support
+    step = 0.002 if task_name == "two_moons" else 0.02  # resolves the crescents' width 0.01
+    grid = np.arange(low + step / 2, high, step)
+    mesh = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    for x_o in task.simulate(rng, task.prior(rng, 2)):
+        density = np.exp(task.exact_log_prob(x_o, mesh)) * step**2
+        assert abs(density.sum() - 1.0) < 0.01, density.sum()
+        draws = task.exact_draws(rng, x_o, 100_000)
+        assert np.all((draws > low) & (draws < high))
+        mean = density @ mesh / density.sum()
+        cov = (mesh - mean).T @ ((mesh - mean) * density[:, None]) / density.sum()
+        standard_error = np.sqrt(np.diag(cov) / len(draws))
+        assert np.all(np.abs(draws.mean(0) - mean) < 4 * standard_error), (draws.mean(0), mean)
+        # The shape: probabilities of a 10 x 10 grid of bins at the draws' deciles.
+        edges = [np.quantile(draws[:, i], np.linspace(0, 1, 11)) for i in range(2)]
+        edges = [low + step * np.round((e - low) / step) for e in edges]  # on cell boundaries
+        edges = [np.unique(np.concatenate([[low], e[1:-1], [high]])) for e in edges]
+        p_draws = np.histogram2d(*draws.T, bins=edges)[0] / len(draws)
+        p_exact = np.histogram2d(*mesh.T, bins=edges, weights=density)[0]
+        tolerance = 5 * np.sqrt(p_exact * (1 - p_exact) / len(draws)) + 0.002
+        assert np.all(np.abs(p_draws - p_exact) < tolerance), np.abs(p_draws - p_exact).max()

@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 import jaxmaf
+from conftest import perturb
 
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -76,14 +77,7 @@ def test_second_eager_call_does_not_trace_and_equals_the_traced_call(cls, ctx):
 
 
 def _perturbed(flow):
-    params = nnx.state(flow, nnx.Param)
-    keys = jax.random.split(jax.random.key(3), len(jax.tree.leaves(params)))
-    leaves, tdef = jax.tree.flatten(params)
-    new = [
-        p + 0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)
-    ]
-    nnx.update(flow, jax.tree.unflatten(tdef, new))
-    return flow
+    return perturb(flow, seed=3, scale=0.1)
 
 
 def test_parameter_update_reuses_the_program_and_changes_the_result():

@@ -9,19 +9,12 @@ import pytest
 from flax import nnx
 
 import jaxmaf
+from conftest import perturb
 
 
 def _made(dim, order, hidden=(16, 16), params=3):
     made = jaxmaf.MADE(dim, hidden, params, order=order, activation="tanh", rngs=nnx.Rngs(0))
-    leaves, tdef = jax.tree.flatten(nnx.state(made, nnx.Param))
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    nnx.update(
-        made,
-        jax.tree.unflatten(
-            tdef,
-            [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)],
-        ),
-    )
+    perturb(made, seed=1, scale=0.3)
     return made
 
 

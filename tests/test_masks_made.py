@@ -77,7 +77,7 @@ def _perturbed_made(dim, hidden, context_dim=0, **kw):
         dim, hidden, 3, context_dim=context_dim, output_init_scale=1.0, rngs=nnx.Rngs(0), **kw
     )
     params = nnx.state(made, nnx.Param)
-    nnx.update(made, jax.tree.map(lambda p: p + 0.1, params))
+    nnx.update(made, jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.1), params))
     return made
 
 
