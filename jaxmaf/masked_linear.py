@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +111,47 @@ def scaled_lecun_normal(scale: float) -> Callable[[Array, tuple[int, ...], jnp.d
         return scale * LECUN_NORMAL(key, shape, dtype)
 
     return init
+
+
+INITS = ("uniform", "lecun_normal")
+Init = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
+
+
+def made_initializers(
+    init: str, input_widths: Sequence[int], context_dim: int, output_init_scale: float
+) -> tuple[list[tuple[Init, Init | None]], Init]:
+    """A MADE's initializers: ``(kernel, bias)`` per layer, and the context projection's kernel.
+
+    Args:
+      init: ``"uniform"``: every kernel and bias ``U(+-1/sqrt(fan_in))`` over the
+        layer's full fan-in, the context counted in the first layer's; or
+        ``"lecun_normal"``: LeCun-normal kernels and uniform hidden biases, a
+        zero output bias.
+      input_widths: the input width of each masked layer, the output layer last.
+      context_dim: the context's width (it joins the first layer).
+      output_init_scale: multiplier of the output layer's draw (0: exactly zero).
+
+    Returns:
+      ``(layers, context_kernel)``: a list of ``(kernel_init, bias_init)``
+      (``bias_init`` None for a zero bias), and the initializer of the
+      context projection (drawn as the first layer's kernel).
+
+    Examples:
+      >>> layers, _ = made_initializers("uniform", [3, 16], 0, 0.0)
+      >>> len(layers), float(layers[-1][0](jax.random.key(0), (16, 6), jnp.float32).max())
+      (2, 0.0)
+    """
+    fan_ins = list(input_widths)
+    fan_ins[0] += context_dim
+    scale = output_init_scale
+    if init == "uniform":  # PyTorch's, equinox's and flowjax's, kernels and biases
+        layers = [(uniform_fan_in(f), uniform_fan_in(f)) for f in fan_ins[:-1]]
+        layers.append((uniform_fan_in(fan_ins[-1], scale), uniform_fan_in(fan_ins[-1], scale)))
+        return layers, layers[0][0]
+    # LeCun normal kernels (the masked fan-in ignored), uniform hidden biases, zero output bias
+    layers = [(LECUN_NORMAL, uniform_fan_in(w)) for w in input_widths[:-1]]
+    layers.append((scaled_lecun_normal(scale), None))
+    return layers, LECUN_NORMAL  # (flax's Linear default when there is no hidden layer)
 
 
 def draw(init: Callable, key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:

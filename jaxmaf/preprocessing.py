@@ -6,11 +6,14 @@ data-side affine bijection ``x = shift + scale * y``, so the flow's density,
 samples and distrax view speak the data's own units with the Jacobian
 accounted for, and contexts are z-scored before they reach the conditioners.
 :func:`box_bijector` maps R^D onto a box ``(low, high)`` with a logistic
-sigmoid, so a flow can live on a prior's support.
+sigmoid, so a flow can live on a prior's support. :class:`UnitsAndSupport`
+gives the flows their methods for both (``standardize_from``,
+``sample_within``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.validation import check_event
+from jaxmaf.validation import check_context, check_event, check_int
 
 Array = jax.Array
 
@@ -188,3 +191,121 @@ def to_unconstrained(x: Array, support: tuple | None) -> Array:
     p = (np.asarray(x, np.float64) - low) / (high - low)
     with np.errstate(divide="ignore", invalid="ignore"):  # outside the box: NaN, checked by callers
         return np.log(p) - np.log1p(-p)
+
+
+class UnitsAndSupport:
+    """A flow's methods for data units and bounded supports (a mixin of :class:`jaxmaf.MAF`).
+
+    They rely on the flow's ``dim``, ``context_dim``, ``param_dtype``,
+    ``support``, ``standardization``, ``config`` and ``sample``.
+    """
+
+    def standardize_from(self, data: Any, context: Any = None) -> None:
+        """Sets the flow's standardisation from data (adding it if the flow has none).
+
+        The flow then models ``y = (x - mean) / std`` column by column (on a
+        bounded ``support``, of the points mapped to R^D first) while
+        ``log_prob``, ``sample`` and ``distribution()`` speak the units of
+        ``data``, the Jacobian ``-sum(log std)`` included; contexts are
+        z-scored likewise before the MADEs. A constant column keeps scale 1.
+        The statistics are saved and loaded with the flow and not trained.
+        :func:`jaxmaf.fit` calls this with ``standardize=True``.
+
+        Args:
+          data: training points ``(N, dim)`` (inside the support, if any).
+          context: their contexts ``(N, context_dim)`` for a conditional flow.
+
+        Raises:
+          ValueError: wrong shapes, non-finite values, points outside the
+            support, a context for an unconditional flow.
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
+          >>> flow.standardize_from(np.array([[0.0, 10.0], [2.0, 30.0]]))
+          >>> flow.config.standardize, flow.standardization.scale[...].tolist()
+          (True, [1.0, 10.0])
+        """
+        check_event(data, self.dim, "data")
+        if context is not None and self.context_dim == 0:
+            raise ValueError("context given to standardize_from, but the flow is unconditional.")
+        y = to_unconstrained(np.asarray(data), self.support)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(
+                f"Expected data inside the support {self.support} (and finite) to "
+                "standardise from; some points are outside it."
+            )
+        standardization = self.standardization
+        if standardization is None:
+            standardization = Standardization(self.dim, self.context_dim, self.param_dtype)
+        standardization.set_from(y, context)
+        self.standardization = nnx.data(standardization)
+        self.config = dataclasses.replace(self.config, standardize=True)
+
+    def sample_within(
+        self,
+        key: Array,
+        num_samples: int,
+        low: Any,
+        high: Any,
+        context: Array | None = None,
+        *,
+        max_draws: int | None = None,
+    ) -> tuple[Array, float]:
+        """Samples restricted to the box ``[low, high]`` by rejection, topped up to ``num_samples``.
+
+        sbi's way of keeping a posterior on its prior's support: draws of
+        ``num_samples`` at a time (one compiled program, reused every
+        round) are kept where every coordinate lies inside the box, until
+        ``num_samples`` are kept. The samples follow the flow's density
+        truncated to the box. To have a flow that never leaves the box,
+        build it with ``support=(low, high)`` instead.
+
+        Args:
+          key: a JAX PRNG key.
+          num_samples: samples wanted (>= 1).
+          low: lower bounds, a number or ``(dim,)``.
+          high: upper bounds, a number or ``(dim,)``, above ``low``.
+          context: one context ``(context_dim,)`` for a conditional flow.
+          max_draws: give up after drawing this many (default ``1000 *
+            num_samples``, an acceptance rate of 0.1%).
+
+        Returns:
+          ``(samples, acceptance_rate)``: ``(num_samples, dim)`` and the
+          fraction of draws that fell inside the box.
+
+        Raises:
+          ValueError: bad bounds, ``num_samples``, ``max_draws`` or context
+            (a batch of contexts: call once per observation); fewer than
+            ``num_samples`` accepted within ``max_draws`` draws (the message
+            gives the acceptance rate).
+
+        Examples:
+          >>> flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
+          >>> x, rate = flow.sample_within(jax.random.key(0), 100, 0.0, 5.0)
+          >>> x.shape, bool(x.min() >= 0.0), 0.1 < rate < 0.5
+          ((100, 2), True, True)
+        """
+        num_samples = check_int("num_samples", num_samples, minimum=1)
+        max_draws = check_int(
+            "max_draws", 1000 * num_samples if max_draws is None else max_draws, minimum=1
+        )
+        lo, hi = (np.asarray(b) for b in check_support((low, high), self.dim))
+        check_context(context, self.context_dim)
+        if context is not None and np.ndim(context) != 1:
+            raise ValueError(
+                f"sample_within takes one context of shape ({self.context_dim},), got shape "
+                f"{np.shape(context)}: call it once per observation."
+            )
+        kept, accepted, drawn, round_ = [], 0, 0, 0
+        while accepted < num_samples:
+            if drawn >= max_draws:
+                raise ValueError(
+                    f"Only {accepted} of {num_samples} samples fell inside [low, high] in "
+                    f"{drawn} draws (acceptance rate {accepted / drawn:.2e}): raise max_draws, "
+                    "or fit the flow with support=(low, high)."
+                )
+            x = np.asarray(self.sample(jax.random.fold_in(key, round_), (num_samples,), context))
+            inside = x[np.all((x >= lo) & (x <= hi), axis=-1)]
+            kept.append(inside)
+            accepted, drawn, round_ = accepted + len(inside), drawn + num_samples, round_ + 1
+        return jnp.asarray(np.concatenate(kept)[:num_samples]), accepted / drawn
