@@ -38,6 +38,7 @@ settings is timed and scored too; otherwise that column is skipped with its
 reason.
 
 Run: python examples/posterior_estimation.py [--out DIR] [--quick] [--seed N]
+[--tasks NAMES] [--transformer affine|spline]
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tasks",
         default=",".join(TASK_NAMES),
         help=f"comma-separated tasks among {', '.join(TASK_NAMES)} (default: all)",
+    )
+    parser.add_argument(
+        "--transformer",
+        choices=("affine", "spline"),
+        default="affine",
+        help="jaxmaf's layers: affine (sbi's MAF; the default) or spline (a neural spline "
+        "MAF); the peers keep their affine MAF",
     )
     args = parser.parse_args(argv)
     args.tasks = args.tasks.split(",")
@@ -341,12 +349,13 @@ def c2st(p, q, seed=0):
 
 
 # ------------------------------------------------------------------ jaxmaf
-def train_jaxmaf(task, theta, x, seed, epochs):
+def train_jaxmaf(task, theta, x, seed, epochs, transformer="affine"):
     n_val = len(theta) // 10
     flow = jaxmaf.MAF(
         task.dim,
         LAYERS,
         HIDDEN,
+        transformer=transformer,
         activation="tanh",
         context_dim=task.context_dim,
         support=task.support,
@@ -509,14 +518,20 @@ def main(argv=None):
         flowjax_available() if not quick else (False, "quick: flowjax not run")
     )
     print(
-        f"JAX backend: {jax.default_backend()}; {n_sims:,} simulations, MAF {LAYERS} layers, "
-        f"MADE {HIDDEN} tanh, Adam {LEARNING_RATE}, batch {BATCH}, clip {CLIP}, patience "
-        f"{PATIENCE}; C2ST and KL(p || q) from {n_draws:,} draws per observation"
+        f"JAX backend: {jax.default_backend()}; {n_sims:,} simulations, MAF {LAYERS} layers "
+        f"(jaxmaf's {args.transformer}), MADE {HIDDEN} tanh, Adam {LEARNING_RATE}, batch "
+        f"{BATCH}, clip {CLIP}, patience {PATIENCE}; C2ST and KL(p || q) from {n_draws:,} "
+        "draws per observation"
     )
     for used, reason in ((use_sbi, why), (use_flowjax, why_flowjax)):
         if not used:
             print(reason)
-    metrics: dict = {"simulations": n_sims, "draws": n_draws, "seed": args.seed}
+    metrics: dict = {
+        "simulations": n_sims,
+        "draws": n_draws,
+        "seed": args.seed,
+        "jaxmaf_transformer": args.transformer,
+    }
     tasks = [cls for cls in TASKS if cls.name in args.tasks]
     for task_cls in (BetaBinomial,) if quick else tasks:  # quick: the bounded task only
         task = task_cls()
@@ -524,7 +539,12 @@ def main(argv=None):
         theta = task.prior(rng, n_sims)
         x = task.simulate(rng, theta)
         flow, seconds, history = train_jaxmaf(
-            task, theta.astype(np.float32), x.astype(np.float32), args.seed, epochs
+            task,
+            theta.astype(np.float32),
+            x.astype(np.float32),
+            args.seed,
+            epochs,
+            args.transformer,
         )
         observations = task.simulate(rng, task.prior(rng, n_obs))
         row: dict = {
