@@ -180,7 +180,41 @@ class BetaBinomial:
         return torch.distributions.Independent(beta, 1)
 
 
-class GaussianMixture:
+class BoxPriorTask:
+    """A task with a uniform prior on the box ``support`` (sbibm's 2-d tasks).
+
+    Subclasses give ``_proposals(rng, x, n) -> (theta, ok)``: draws whose kept
+    part (``ok``) is distributed as the exact posterior given ``x``.
+    """
+
+    name, dim, support = "", 0, (0.0, 1.0)
+
+    def prior(self, rng, n):
+        """Draws n parameters from the prior, (n, dim)."""
+        return rng.uniform(*self.support, size=(n, self.dim))
+
+    def inside(self, theta):
+        """Whether each row of theta (..., dim) lies inside the prior's box."""
+        return np.all((theta > self.support[0]) & (theta < self.support[1]), axis=-1)
+
+    def exact_draws(self, rng, x, n):
+        """Draws n samples of the exact posterior given one observation, (n, dim)."""
+        out = np.empty((0, self.dim))
+        while len(out) < n:
+            theta, ok = self._proposals(rng, x, 2 * n)
+            out = np.concatenate([out, theta[ok]])
+        return out[:n]
+
+    def torch_prior(self):
+        """The prior as a torch distribution (for sbi)."""
+        import torch
+        from sbi.utils import BoxUniform
+
+        low, high = (torch.full((self.dim,), float(b)) for b in self.support)
+        return BoxUniform(low, high)
+
+
+class GaussianMixture(BoxPriorTask):
     """sbibm's Gaussian mixture: theta ~ U(-10, 10)^2, x ~ N(theta, I) / 2 + N(theta, I / 100) / 2.
 
     The posterior is the same two-scale mixture centred on the observation and cut
@@ -190,27 +224,16 @@ class GaussianMixture:
     name, dim, context_dim, support = "gaussian_mixture", 2, 2, (-10.0, 10.0)
     scales = (1.0, 0.1)
 
-    def prior(self, rng, n):
-        """Draws n parameters from the prior, (n, dim)."""
-        return rng.uniform(*self.support, size=(n, self.dim))
-
     def simulate(self, rng, theta):
         """One simulation per parameter row, (n, context_dim)."""
         scale = np.where(rng.random((len(theta), 1)) < 0.5, *self.scales)
         return theta + scale * rng.normal(size=theta.shape)
 
-    def exact_draws(self, rng, x, n):
-        """Draws n samples of the exact posterior given one observation, (n, dim).
-
-        Draws from the uncut mixture around x and keeps those inside the box.
-        """
-        out = np.empty((0, self.dim))
-        while len(out) < n:
-            scale = np.where(rng.random((2 * n, 1)) < 0.5, *self.scales)
-            theta = x + scale * rng.normal(size=(2 * n, self.dim))
-            inside = np.all((theta > self.support[0]) & (theta < self.support[1]), axis=1)
-            out = np.concatenate([out, theta[inside]])
-        return out[:n]
+    def _proposals(self, rng, x, n):
+        """Draws of the uncut mixture around x; those inside the box are the posterior's."""
+        scale = np.where(rng.random((n, 1)) < 0.5, *self.scales)
+        theta = x + scale * rng.normal(size=(n, self.dim))
+        return theta, self.inside(theta)
 
     def exact_log_prob(self, x, theta):
         """The exact posterior log-density of theta (n, dim) given one observation.
@@ -223,18 +246,11 @@ class GaussianMixture:
         for s in self.scales:
             logs.append(np.log(0.5) + stats.norm(x, s).logpdf(theta).sum(-1))
             masses.append(0.5 * np.prod(stats.norm(x, s).cdf(high) - stats.norm(x, s).cdf(low)))
-        inside = np.all((theta > low) & (theta < high), axis=-1)
         log_p = np.logaddexp(*logs) - np.log(sum(masses))
-        return np.where(inside, log_p, -np.inf)
-
-    def torch_prior(self):
-        """The prior as a torch distribution (for sbi)."""
-        from sbi.utils import BoxUniform
-
-        return BoxUniform(*(torch_full(self.dim, b) for b in self.support))
+        return np.where(self.inside(theta), log_p, -np.inf)
 
 
-class TwoMoons:
+class TwoMoons(BoxPriorTask):
     """sbibm's two moons: theta ~ U(-1, 1)^2, x a noisy crescent moved by |theta1 + theta2|.
 
     x = (r cos a + 1/4, r sin a) + (-|theta1 + theta2| / sqrt 2, (theta2 - theta1) / sqrt 2)
@@ -244,10 +260,6 @@ class TwoMoons:
 
     name, dim, context_dim, support = "two_moons", 2, 2, (-1.0, 1.0)
     radius, radius_sd, shift = 0.1, 0.01, 0.25
-
-    def prior(self, rng, n):
-        """Draws n parameters from the prior, (n, dim)."""
-        return rng.uniform(*self.support, size=(n, self.dim))
 
     def _noise(self, rng, n):
         a = rng.uniform(-np.pi / 2, np.pi / 2, size=n)
@@ -266,7 +278,7 @@ class TwoMoons:
         """One simulation per parameter row, (n, context_dim)."""
         return self._mean(theta) + self._noise(rng, len(theta))
 
-    def _solve(self, rng, x, n):
+    def _proposals(self, rng, x, n):
         """Parameters that give x with fresh noise: half on each side of theta1 + theta2 = 0.
 
         theta -> mean(theta) is linear with |det| = 1 on each side, so these are
@@ -278,16 +290,7 @@ class TwoMoons:
         total = -s * p[:, 0] * np.where(rng.random(n) < 0.5, 1.0, -1.0)  # theta1 + theta2
         diff = s * p[:, 1]  # theta2 - theta1
         theta = np.stack([(total - diff) / 2, (total + diff) / 2], axis=1)
-        ok = (p[:, 0] <= 0) & np.all((theta > self.support[0]) & (theta < self.support[1]), 1)
-        return theta, ok
-
-    def exact_draws(self, rng, x, n):
-        """Draws n samples of the exact posterior given one observation, (n, dim)."""
-        out = np.empty((0, self.dim))
-        while len(out) < n:
-            theta, ok = self._solve(rng, x, 2 * n)
-            out = np.concatenate([out, theta[ok]])
-        return out[:n]
+        return theta, (p[:, 0] <= 0) & self.inside(theta)
 
     def _log_likelihood(self, x, theta):
         m = x - self._mean(theta) - np.array([self.shift, 0.0])  # r (cos a, sin a)
@@ -302,27 +305,13 @@ class TwoMoons:
         """The exact posterior log-density of theta (n, dim) given one observation.
 
         The likelihood in closed form, divided by its integral over the box: the
-        acceptance rate of :meth:`_solve` times 2, from ``n_mass`` draws
+        acceptance rate of :meth:`_proposals` times 2, from ``n_mass`` draws
         (relative error about 1e-3; a fixed seed, so the same x gives the same
         normaliser).
         """
-        _, ok = self._solve(np.random.default_rng(0), x, n_mass)
+        _, ok = self._proposals(np.random.default_rng(0), x, n_mass)
         log_mass = np.log(2.0 * ok.mean())
-        inside = np.all((theta > self.support[0]) & (theta < self.support[1]), axis=-1)
-        return np.where(inside, self._log_likelihood(x, theta) - log_mass, -np.inf)
-
-    def torch_prior(self):
-        """The prior as a torch distribution (for sbi)."""
-        from sbi.utils import BoxUniform
-
-        return BoxUniform(*(torch_full(self.dim, b) for b in self.support))
-
-
-def torch_full(n, value):
-    """A float32 torch vector of n copies of value (for sbi's priors)."""
-    import torch
-
-    return torch.full((n,), float(value))
+        return np.where(self.inside(theta), self._log_likelihood(x, theta) - log_mass, -np.inf)
 
 
 TASKS = (LinearGaussian, BetaBinomial, GaussianMixture, TwoMoons)
