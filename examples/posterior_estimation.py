@@ -315,6 +315,7 @@ class TwoMoons(BoxPriorTask):
 
 
 TASKS = (LinearGaussian, BetaBinomial, GaussianMixture, TwoMoons)
+assert TASK_NAMES == tuple(t.name for t in TASKS)  # (--tasks is parsed before they exist)
 
 
 # ------------------------------------------------------------------ scores
