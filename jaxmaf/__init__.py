@@ -11,7 +11,8 @@ Examples:
 from jaxmaf import masks
 from jaxmaf.activations import ACTIVATIONS, get_activation
 from jaxmaf.bases import MixtureOfGaussians, StandardNormal, standard_normal_log_prob
-from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
+from jaxmaf.batch_norm import BatchNorm
+from jaxmaf.bijectors import MaskedAutoregressive, Permute
 from jaxmaf.config import FlowConfig
 from jaxmaf.ensemble import fit_ensemble
 from jaxmaf.epochs import check_data
@@ -23,8 +24,9 @@ from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jaco
 from jaxmaf.made import MADE
 from jaxmaf.masked_linear import MaskedLinear
 from jaxmaf.serialization import load, save
+from jaxmaf.splines import Spline
 from jaxmaf.training import fit
-from jaxmaf.transformers import Affine, Spline
+from jaxmaf.transformers import Affine
 from jaxmaf.variational import VariationalHistory, fit_variational
 
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -55,3 +56,19 @@ def get_activation(activation: str | Callable[[Array], Array]) -> Callable[[Arra
     if callable(activation):
         return activation
     raise ValueError(f"Expected an activation name or a callable, got {activation!r}.")
+
+
+def inverse_softplus(y: float) -> float:
+    """The ``a`` with ``softplus(a) = y`` (``y > 0``), computed stably on the host.
+
+    Args:
+      y: a positive float.
+
+    Returns:
+      ``log(exp(y) - 1)`` as a float.
+
+    Examples:
+      >>> round(inverse_softplus(math.log(2.0)), 12)  # softplus(0) = log 2
+      0.0
+    """
+    return y + math.log(-math.expm1(-y))

@@ -13,7 +13,8 @@ from flax import nnx
 
 from jaxmaf.activations import get_activation
 from jaxmaf.bases import BASES, make_base, standard_normal_log_prob
-from jaxmaf.bijectors import BatchNorm, MaskedAutoregressive, Permute
+from jaxmaf.batch_norm import BatchNorm
+from jaxmaf.bijectors import MaskedAutoregressive, Permute
 from jaxmaf.config import FlowConfig, check_num_components
 from jaxmaf.flow import Flow
 from jaxmaf.made import MADE
