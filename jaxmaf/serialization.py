@@ -6,7 +6,7 @@ and its parameters by path. Loading rebuilds the flow from the
 configuration (every field checked), recomputes its masks and compares them
 with the stored ones, then restores each parameter after checking its name,
 shape and dtype. Format-version-1 files (no digest) still load, with a
-warning.
+warning (:mod:`jaxmaf.legacy` reads them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from flax import nnx, serialization
+from flax import nnx
 
 from jaxmaf.config import FlowConfig
 from jaxmaf.fileformat import (
@@ -38,10 +38,11 @@ from jaxmaf.fileformat import (
     to_named_arrays,
 )
 from jaxmaf.flows import IAF, MAF
+from jaxmaf.legacy import current_names, upgrade_version_1
 from jaxmaf.masked_linear import Constant
+from jaxmaf.masks import connectivity
 from jaxmaf.transformers import TRANSFORMERS
 
-_LEGACY_FORMAT = "jaxmaf-flow"  # version-1 flow files: a bare msgpack map without a digest
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
@@ -65,12 +66,6 @@ __all__ = [
     "to_named_arrays",
 ]
 
-# Parameters that moved: the mixture base's were flow attributes before it became a module.
-_RENAMED = {
-    "base_logits": "base/logits",
-    "base_means": "base/means",
-    "base_log_scales": "base/log_scales",
-}
 _CLASSES = {"MAF": MAF, "IAF": IAF}
 
 
@@ -293,12 +288,18 @@ def flow_payload(flow: MAF | IAF) -> dict[str, Any]:
     }
 
 
-def flow_from_payload(payload: Any, source: str = "<bytes>") -> MAF | IAF:
+def flow_from_payload(
+    payload: Any, source: str = "<bytes>", *, adopt_random_masks: bool = False
+) -> MAF | IAF:
     """Rebuilds a flow from :func:`flow_payload`'s map, checking every field.
 
     Args:
       payload: the map.
       source: file name for error messages.
+      adopt_random_masks: take the stored masks of a flow with random hidden
+        degrees after checking their shapes and the autoregressive property
+        (version-1 files drew those degrees from ``rngs``, so no seed
+        recomputes them; the flow then records no ``mask_seed``).
 
     Returns:
       the flow.
@@ -321,8 +322,11 @@ def flow_from_payload(payload: Any, source: str = "<bytes>") -> MAF | IAF:
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: the configuration is not valid JSON ({e}).") from None
     flow = flow_from_config(config, source)
+    if adopt_random_masks and config.get("hidden_degrees") == "random":
+        _adopt_checked_masks(flow, payload["masks"], source)
+        flow.config = dataclasses.replace(flow.config, mask_seed=None)  # not reproducible
     _check_masks(flow, payload["masks"], source)
-    set_flat_params(flow, _current_names(payload["params"]), source)
+    set_flat_params(flow, current_names(payload["params"]), source)
     expect(isinstance(payload["eval_mode"], bool), source, "expected eval_mode to be a bool.")
     if payload["eval_mode"]:
         flow.eval()
@@ -363,67 +367,21 @@ def load(path: str | os.PathLike) -> MAF | IAF:
     with open(path, "rb") as f:
         data = f.read()
     if not data.startswith(MAGIC):
-        legacy = _legacy_payload(data)
-        if legacy is not None:
-            return _load_legacy(legacy, source)
+        payload = upgrade_version_1(data, source)
+        if payload is not None:
+            flow = flow_from_payload(payload, source, adopt_random_masks=True)
+            warnings.warn(
+                f"{source} is a version-1 jaxmaf file without a checksum; save it again to "
+                "protect it.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return flow
     return flow_from_payload(decode(data, "flow", source), source)
-
-
-def _current_names(params: Any) -> Any:
-    """Stored parameters with names from earlier releases mapped to today's (see ``_RENAMED``)."""
-    if not isinstance(params, dict):
-        return params  # refused, with its name, by set_flat_params
-    return {_RENAMED.get(name, name): value for name, value in params.items()}
-
-
-def _legacy_payload(data: bytes) -> dict | None:
-    """The map of a format-version-1 file (a bare msgpack map tagged ``jaxmaf-flow``), or None."""
-    if _LEGACY_FORMAT.encode() not in data:
-        return None
-    try:
-        payload = serialization.msgpack_restore(data)
-    except Exception:  # noqa: BLE001 - then it is not a version-1 file
-        return None
-    if isinstance(payload, dict) and payload.get("format") == _LEGACY_FORMAT:
-        return payload
-    return None
-
-
-def _load_legacy(payload: dict, source: str) -> MAF | IAF:
-    """Format version 1: no checksum; its fields and masks are still verified."""
-    expect_keys(
-        payload,
-        {"format", "version", "class", "config", "masks", "params", "eval_mode"},
-        source,
-        "the version-1 flow",
-    )
-    expect(payload["version"] == 1, source, f"unknown version {payload['version']!r}.")
-    expect(isinstance(payload["config"], str), source, "expected the configuration as JSON.")
-    try:
-        config = {"class": payload["class"], **json.loads(payload["config"])}
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{source}: the configuration is not valid JSON ({e}).") from None
-    flow = flow_from_config(config, source)
-    stored = payload["masks"]
-    if config.get("hidden_degrees") == "random":  # degrees were drawn from rngs: adopt them
-        _adopt_checked_masks(flow, stored, source)
-        flow.config = dataclasses.replace(flow.config, mask_seed=None)  # not reproducible
-    _check_masks(flow, stored, source)
-    set_flat_params(flow, _current_names(payload["params"]), source)
-    if payload["eval_mode"] is True:
-        flow.eval()
-    warnings.warn(
-        f"{source} is a version-1 jaxmaf file without a checksum; save it again to protect it.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return flow
 
 
 def _adopt_checked_masks(flow: MAF | IAF, stored: Any, source: str) -> None:
     """Takes version-1 random-degree masks after checking shapes and the autoregressive rule."""
-    from jaxmaf.masks import connectivity
-
     expect(isinstance(stored, dict), source, "expected the masks as a map.")
     for i, made in enumerate(flow.layers):
         layer = stored.get(str(i))
