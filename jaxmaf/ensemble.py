@@ -18,8 +18,9 @@ from flax import nnx
 from jaxmaf.averaging import DEFAULT_EMA_EPOCHS, ema_decay, with_parameter_average
 from jaxmaf.epochs import STATIC, epoch_body, eval_loss, place, prepare, split_modes
 from jaxmaf.history import History
+from jaxmaf.optimizers import is_transformation
 from jaxmaf.progress import progress_bar
-from jaxmaf.validation import check_float, check_int, is_transformation
+from jaxmaf.validation import check_float, check_int
 
 
 def _select(mask, new, old):

@@ -28,6 +28,7 @@ from jaxmaf.averaging import (
 from jaxmaf.ensemble import fit_ensemble
 from jaxmaf.epochs import check_data, place, prepare, split_modes, train_epoch
 from jaxmaf.history import History
+from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import (
     BEST_FLOW,
@@ -37,7 +38,7 @@ from jaxmaf.train_state import (
     save_best,
     save_state,
 )
-from jaxmaf.validation import check_float, check_int, check_optimizer
+from jaxmaf.validation import check_float, check_int
 
 __all__ = [
     "BEST_FLOW",
@@ -50,8 +51,6 @@ __all__ = [
     "fit_ensemble",
     "with_parameter_average",
 ]
-
-_DEFAULT_OPTIMIZER = optax.adam(1e-3)
 
 
 def fit(
@@ -194,8 +193,7 @@ def fit(
     seed = check_int("seed", seed, minimum=0)
     if ema_epochs is not None:
         ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
-    check_optimizer(optimizer)
-    optimizer = optimizer or _DEFAULT_OPTIMIZER
+    optimizer = check_optimizer(optimizer)
     decay = ema_decay(ema_epochs, run.num_batches)
     if decay is not None:
         optimizer = with_parameter_average(optimizer, decay)

@@ -17,9 +17,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
-from jaxmaf.validation import check_context, check_int, check_optimizer
+from jaxmaf.validation import check_context, check_int
 
 Array = jax.Array
 
@@ -241,8 +242,7 @@ def fit_variational(
         raise ValueError(
             f"Expected stick_the_landing to be True or False, got {stick_the_landing!r}."
         )
-    check_optimizer(optimizer)
-    optimizer = optimizer or optax.adam(1e-3)
+    optimizer = check_optimizer(optimizer)
     check_context(context, getattr(flow, "context_dim", 0))
     _check_target(log_target, flow, batch_size, context)
     dtype = jax.tree.leaves(nnx.state(flow, nnx.Param))[0].dtype

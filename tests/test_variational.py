@@ -140,9 +140,11 @@ def test_divergence_stops_and_keeps_the_best_parameters():
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in params)
 
 
-def test_second_call_reuses_the_compiled_block():
+@pytest.mark.parametrize("optimizer", ["given", "default"])
+def test_second_call_reuses_the_compiled_block(optimizer):
+    """The optimizer is a static argument: the default must be one shared instance."""
     flow = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
-    opt = optax.adam(1e-3)
+    opt = optax.adam(1e-3) if optimizer == "given" else None
     kw = dict(num_steps=20, batch_size=16, steps_per_block=10, optimizer=opt, progress=False)
     jaxmaf.fit_variational(flow, gaussian, **kw)
     size = jaxmaf.variational._block._cache_size()
