@@ -12,8 +12,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
 
 # Each module may import only modules of a lower layer.
 LAYERS = [
-    {"validation", "activations", "averaging", "chunking", "eager", "history", "progress"},
-    {"masks", "masked_linear", "transformers", "fileformat", "epochs", "logdet", "datasets"},
+    {"validation", "optimizers", "activations", "averaging", "chunking", "eager"},
+    {"history", "progress"},
+    {"masks", "masked_linear", "splines", "batch_norm", "fileformat", "epochs", "logdet"},
+    {"transformers", "datasets", "legacy"},
     {"made", "bases", "config", "bijectors", "preprocessing"},
     {"sampling"},
     {"flow"},
@@ -83,6 +85,8 @@ FORMER_HOMES = {
     "training ": ["AveragedState", "DEFAULT_EMA_EPOCHS", "TRAIN_STATE", "BEST_FLOW"],
     "serialization": ["save", "load", "encode", "decode", "read", "atomic_write", "MAGIC"],
     "serialization ": ["flat_params", "set_flat_params", "to_named_arrays", "from_named_arrays"],
+    "bijectors": ["MaskedAutoregressive", "Permute", "BatchNorm"],
+    "transformers": ["Affine", "Spline", "Transformer", "get_transformer", "inverse_softplus"],
     "checkpoint": ["save", "load", "atomic_write", "flat_params", "set_flat_params"],
 }
 
