@@ -169,7 +169,16 @@ class Spline:
         disc = b * b - 4.0 * a * c
         root = jnp.where(disc > 0.0, jnp.sqrt(jnp.clip(disc, jnp.finfo(disc.dtype).tiny)), 0.0)
         # The numerically stable form of the root for each sign of b (Durkan et al. 2019).
-        z = jnp.where(b >= 0.0, 2.0 * c / (-b - root), (-b + root) / (2.0 * a))
+        # Each branch divides by a number kept away from 0 where the other branch is taken:
+        # a linear bin (the identity start) has a = 0, and the unused 0 / 0 would make the
+        # gradient NaN through jnp.where.
+        tiny = jnp.finfo(b.dtype).tiny
+        positive = b >= 0.0
+        z = jnp.where(
+            positive,
+            2.0 * c / jnp.where(positive, jnp.minimum(-b - root, -tiny), -1.0),
+            (-b + root) / jnp.where(positive, 1.0, 2.0 * a),
+        )
         z = jnp.clip(z, 0.0, 1.0)
         x = width * z + x0
         log_d = -_rq_log_derivative(z, slope, s0, s1)

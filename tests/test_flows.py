@@ -118,7 +118,8 @@ def test_gradients_reach_every_parameter(name):
         assert np.all(np.isfinite(g)), path
         assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
     # Masked-out kernel entries receive exactly zero gradient.
-    for layer, glayer in zip(flow.layers, grads["layers"].values(), strict=True):
+    made_grads = [g["conditioner"] for g in grads["layers"].values() if "conditioner" in g]
+    for layer, glayer in zip(flow.conditioners, made_grads, strict=True):
         for lin, glin in zip(
             [*layer.hidden, layer.output],
             [*glayer["hidden"].values(), glayer["output"]],
@@ -234,7 +235,8 @@ def test_trained_parameters_change_density():
     flow = make_flow("maf", 2)
     x, _ = make_inputs("maf", 2)
     before = flow.log_prob(x)
-    flow.layers[0].output.bias[...] = flow.layers[0].output.bias[...] + 1.0
+    made = flow.conditioners[0]
+    made.output.bias[...] = made.output.bias[...] + 1.0
     assert not np.allclose(before, flow.log_prob(x))
 
 
@@ -572,6 +574,29 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
         )
     )(p)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_spline_sampling_direction_has_finite_gradients(scale):
+    """The quadratic root's unused branch divides by a = 0 in a linear bin (the identity start):
+    the gradient must not pick up its NaN. IAF density and MAF sample_and_log_prob both run it."""
+    x = jax.random.normal(jax.random.key(0), (16, 3)) + 1.0
+    for cls, loss in (
+        (jaxmaf.IAF, lambda f: -f.log_prob(x).mean()),
+        (jaxmaf.MAF, lambda f: f.sample_and_log_prob(jax.random.key(1), (16,))[1].mean()),
+    ):
+        flow = cls(3, 2, (8,), transformer="spline", output_init_scale=scale, rngs=nnx.Rngs(2))
+        graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
+
+        def objective(p, graphdef=graphdef, rest=rest, loss=loss):
+            return loss(nnx.merge(graphdef, p, rest))
+
+        for path, g in jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(objective))(params)):
+            assert np.all(np.isfinite(g)), f"{cls.__name__}: {jax.tree_util.keystr(path)}"
+    t = jaxmaf.Spline(4, 3.0)  # and the root is the same: a round trip through a linear bin
+    u = jnp.linspace(-2.9, 2.9, 7)[:, None]
+    p = jnp.zeros((7, 1, t.num_params))
+    np.testing.assert_allclose(t.inverse(t.forward(u, p), p), u, atol=1e-6)
 
 
 def test_a_user_transformer_trains_samples_and_matches_the_dense_formula(tmp_path):
