@@ -130,7 +130,7 @@ def linear_warmup(lr: float, steps: int) -> optax.Schedule:
 
 def zero_bias(flow, seed):
     """Zero hidden biases (jaxmaf's initialisation before the accuracy work)."""
-    for made in flow.layers:
+    for made in flow.conditioners:
         for layer in made.hidden:
             layer.bias[...] = jnp.zeros_like(layer.bias[...])
 
@@ -155,6 +155,11 @@ VARIANTS: dict[str, tuple] = {
     "init_sqrt2_over_d": (
         "output layer sqrt(2 / D) x its uniform draw (flowjax's scale in 2-d, less above)",
         lambda dim: {"output_init_scale": min(1.0, math.sqrt(2.0 / dim))},
+        {},
+    ),
+    "init_0.3_sqrt2_over_d": (
+        "output layer 0.3 sqrt(2 / D) x its uniform draw",
+        lambda dim: {"output_init_scale": 0.3 * min(1.0, math.sqrt(2.0 / dim))},
         {},
     ),
     "bias_zero": ("hidden biases zero", {}, {}, zero_bias),

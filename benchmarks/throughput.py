@@ -185,8 +185,12 @@ def floor_impl(w):
         s = jax.nn.softplus(out[..., 1] + OFFSET) + 1e-3
         return out[..., 0], s
 
+    def mades(p):  # the MADEs' parameters, base side first
+        layers = jax.tree.unflatten(treedef, p)["layers"].values()
+        return [layer["conditioner"] for layer in layers if "conditioner" in layer]
+
     def log_prob(p, x):
-        layers = list(jax.tree.unflatten(treedef, p)["layers"].values())
+        layers = mades(p)
         ld = 0.0
         for k, layer in enumerate(reversed(layers)):
             if k:
@@ -198,7 +202,7 @@ def floor_impl(w):
 
     def sample(p, key):
         u = jax.random.normal(key, (N_EVAL, dim))
-        for k, layer in enumerate(jax.tree.unflatten(treedef, p)["layers"].values()):
+        for k, layer in enumerate(mades(p)):
             if k:
                 u = jnp.take(u, rev, axis=-1)
 

@@ -20,6 +20,7 @@ from jaxmaf.flow import Flow
 from jaxmaf.flows import IAF, MAF
 from jaxmaf.for_numpyro import as_numpyro, numpyro_flow, update_from_numpyro
 from jaxmaf.history import History
+from jaxmaf.layers import AutoregressiveLayer, Permutation
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
 from jaxmaf.made import MADE
 from jaxmaf.masked_linear import MaskedLinear
@@ -28,8 +29,7 @@ from jaxmaf.splines import Spline
 from jaxmaf.training import fit
 from jaxmaf.transformers import Affine
 from jaxmaf.variational import VariationalHistory, fit_variational
-
-__version__ = "0.1.0"
+from jaxmaf.version import __version__ as __version__
 
 __all__ = [
     "ACTIVATIONS",
@@ -37,6 +37,7 @@ __all__ = [
     "MADE",
     "MAF",
     "Affine",
+    "AutoregressiveLayer",
     "BatchNorm",
     "Flow",
     "FlowConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "MaskedAutoregressive",
     "MaskedLinear",
     "MixtureOfGaussians",
+    "Permutation",
     "Permute",
     "Spline",
     "StandardNormal",

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmaf.validation import check_choice, check_int
+from jaxmaf.validation import check_choice, check_int, check_param_dtype
 
 Array = jax.Array
 BASES = ("gaussian", "mog")
@@ -37,17 +37,18 @@ class StandardNormal(nnx.Module):
 
     Args:
       dim: event dimension >= 1.
-      param_dtype: dtype of its samples.
+      param_dtype: dtype of its samples (float32; float64 under
+        ``jax_enable_x64``).
 
     Examples:
-      >>> base = StandardNormal(2, jnp.float32)
+      >>> base = StandardNormal(2)
       >>> base.sample(jax.random.key(0), (5,)).shape, base.log_prob(jnp.zeros((5, 2))).shape
       ((5, 2), (5,))
     """
 
-    def __init__(self, dim: int, param_dtype: jnp.dtype):
+    def __init__(self, dim: int, param_dtype: jnp.dtype | None = None):
         self.dim = check_int("dim", dim, minimum=1)
-        self.param_dtype = jnp.dtype(param_dtype)
+        self.param_dtype = jnp.dtype(check_param_dtype(param_dtype))
 
     def log_prob(self, u: Array) -> Array:
         """Log-density ``(..., dim) -> (...)``."""
@@ -73,19 +74,27 @@ class MixtureOfGaussians(nnx.Module):
     Args:
       dim: event dimension >= 1.
       num_components: number of components >= 1.
-      param_dtype: dtype of the parameters.
+      param_dtype: dtype of the parameters (float32; float64 under
+        ``jax_enable_x64``).
       rngs: NNX random streams (``params`` draws the means).
 
     Examples:
-      >>> base = MixtureOfGaussians(2, 4, jnp.float32, rngs=nnx.Rngs(0))
+      >>> base = MixtureOfGaussians(2, 4, rngs=nnx.Rngs(0))
       >>> base.means.shape, base.log_prob(jnp.zeros((3, 2))).shape
       ((4, 2), (3,))
     """
 
-    def __init__(self, dim: int, num_components: int, param_dtype: jnp.dtype, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_components: int,
+        param_dtype: jnp.dtype | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.dim = check_int("dim", dim, minimum=1)
         k = check_int("num_components", num_components, minimum=1)
-        dtype = jnp.dtype(param_dtype)
+        dtype = jnp.dtype(check_param_dtype(param_dtype))
         self.logits = nnx.Param(jnp.zeros((k,), dtype))
         self.means = nnx.Param(jax.random.normal(rngs.params(), (k, self.dim), dtype))
         self.log_scales = nnx.Param(jnp.zeros((k, self.dim), dtype))

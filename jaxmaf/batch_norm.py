@@ -30,7 +30,7 @@ class BatchNorm(nnx.Module):
     is a fixed affine bijection, invertible both ways. The sampling direction
     always uses the running averages (a batch of samples has no data
     statistics to borrow). Evaluating is pure: the running averages
-    (``nnx.BatchStat``) change only through ``bijector(update_stats=True)``,
+    (``nnx.BatchStat``) change only through ``bijector(update_batch_stats=True)``,
     which :func:`jaxmaf.fit` uses on each minibatch (and
     :meth:`jaxmaf.MAF.update_batch_stats` exposes).
 
@@ -89,17 +89,27 @@ class BatchNorm(nnx.Module):
             self.var[...] = mom * self.var[...] + (1 - mom) * jax.lax.stop_gradient(v)
         return m, v
 
-    def bijector(self, update_stats: bool = False) -> distrax.Bijector:
-        """The normalisation as a distrax bijector (base -> data).
+    def bijector(
+        self,
+        context: Array | None = None,
+        *,
+        method: str = "exact",
+        tol: float = 0.0,
+        update_batch_stats: bool = False,
+    ) -> distrax.Bijector:
+        """The normalisation as a distrax bijector (base -> data), a flow layer's method.
 
         Args:
-          update_stats: the density direction (``inverse``) in train mode also
-            updates the running averages.
+          context: ignored (the layer has no conditioner).
+          method: ignored (both directions are one pass).
+          tol: ignored.
+          update_batch_stats: the density direction (``inverse``) in train mode
+            also moves the running averages.
 
         Returns:
           the bijector; ``event_ndims_in = 1``.
         """
-        return _BatchNormBijector(self, update_stats)
+        return _BatchNormBijector(self, update_batch_stats)
 
 
 class _BatchNormBijector(distrax.Bijector):

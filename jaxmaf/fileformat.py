@@ -5,8 +5,8 @@ then a msgpack body ``{"format_version", "kind", "jaxmaf_version",
 "payload"}``. Reading trusts nothing in it: the magic says whether it is a
 jaxmaf file at all, the digest catches any changed, missing or added byte,
 and the header is checked before the payload is handed on. Arrays are stored
-by their path in the module or pytree (``layers/0/hidden/1/kernel``) and
-checked for name, shape and dtype when restored. No code is ever executed
+by their path in the module or pytree (``layers/0/conditioner/hidden/1/kernel``)
+and checked for name, shape and dtype when restored. No code is ever executed
 from a file (msgpack holds only numbers, strings, maps and raw arrays; no
 pickle).
 
@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
+from jaxmaf.version import __version__
+
 MAGIC = b"\x89JAXMAF\r\n"
 FORMAT_VERSION = 2
 KINDS = ("flow", "train_state")
@@ -60,8 +62,6 @@ def encode(kind: str, payload: dict[str, Any]) -> bytes:
       >>> decode(data, "flow")["x"].tolist()
       [0, 1, 2]
     """
-    from jaxmaf import __version__
-
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}: expected one of {KINDS}.")
     body = serialization.msgpack_serialize(
@@ -230,7 +230,7 @@ def expect(cond: bool, source: str, message: str) -> None:
 
 
 def named_leaves(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
-    """``([(name, leaf)], treedef)`` of a pytree; names like ``layers/0/hidden/0/bias``.
+    """``([(name, leaf)], treedef)`` of a pytree; names like ``base/means``.
 
     Args:
       tree: any pytree (an NNX state, an Optax state).
@@ -314,7 +314,7 @@ def from_named_arrays(
 
 
 def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
-    """The module's state (parameters, batch statistics) as ``{"layers/0/hidden/0/bias": a}``.
+    """The module's state (parameters, batch statistics) as ``{name: array}`` by path.
 
     Args:
       module: any NNX module.
@@ -325,7 +325,7 @@ def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
     Examples:
       >>> flow = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0))
       >>> sorted(flat_params(flow))[:2]
-      ['layers/0/hidden/0/bias', 'layers/0/hidden/0/kernel']
+      ['layers/0/conditioner/hidden/0/bias', 'layers/0/conditioner/hidden/0/kernel']
     """
     return to_named_arrays(nnx.state(module))
 

@@ -1,47 +1,97 @@
-"""The generic flow: a base distribution pushed through a bijector, as an NNX module.
+"""The generic flow: a base distribution and a list of layers, as an NNX module.
 
-:class:`Flow` holds what every flow does with its bijector: the density, the
-distrax view, evaluation in chunks, and eager calls that compile once
-(:mod:`jaxmaf.eager`); it samples through :class:`jaxmaf.sampling.Sampling`.
-Subclasses (:class:`jaxmaf.MAF`, :class:`jaxmaf.IAF`)
-provide the base, the layers and :meth:`Flow.bijector`.
+:class:`Flow` holds what every flow does: it chains its layers (each an NNX
+module with a ``bijector`` method, :class:`jaxmaf.layers.Layer`) into one
+distrax bijector, and gives the distrax view, evaluation in chunks, and
+eager calls that compile once (:mod:`jaxmaf.eager`). Its density is
+:class:`jaxmaf.density.Density`'s, its sampling
+:class:`jaxmaf.sampling.Sampling`'s. :class:`jaxmaf.MAF` and
+:class:`jaxmaf.IAF` build their layers and hand them to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import distrax
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxmaf import eager
+from jaxmaf.batch_norm import BatchNorm
 from jaxmaf.bijectors import SEQUENTIAL_METHODS
 from jaxmaf.chunking import chunk_rows, chunked
+from jaxmaf.density import Density
+from jaxmaf.layers import AutoregressiveLayer, Layer
+from jaxmaf.made import MADE
 from jaxmaf.sampling import Sampling
-from jaxmaf.validation import check_context, check_event
+from jaxmaf.validation import check_context, check_int
 
 Array = jax.Array
 
 
-class Flow(Sampling, nnx.Module):
-    """A base distribution pushed through a bijector (subclassed by :class:`jaxmaf.MAF`).
+class Flow(Density, Sampling, nnx.Module):
+    """A base distribution pushed through a list of layers (base side first).
 
-    Attributes a subclass sets: ``base`` (a module with ``log_prob``,
-    ``sample`` and ``distribution``), ``dim``, ``context_dim``,
-    ``batch_norms`` (the batch-norm modules, whose mode decides whether a
-    batch may be split into chunks), and the class attribute ``inverted``:
-    False when sampling is the sequential direction (MAF), True when the
-    density is (IAF).
+    Args:
+      base: the base distribution, a module with ``dim``, ``log_prob(u)``,
+        ``sample(key, shape)`` and ``distribution()`` (see
+        :mod:`jaxmaf.bases`).
+      layers: NNX modules with the :class:`jaxmaf.layers.Layer` method
+        ``bijector``; ``layers[0]`` acts on the base noise, the last one
+        gives the data.
+      context_dim: the context's width for a conditional flow (its
+        autoregressive layers' MADEs take it), else 0.
+
+    Raises:
+      ValueError: a layer without a ``bijector`` method; no layers; a
+        ``context_dim`` that differs from an autoregressive layer's.
+
+    Examples:
+      >>> made = lambda: jaxmaf.MADE(2, (16,), 2, rngs=nnx.Rngs(0))
+      >>> layers = [AutoregressiveLayer(made()), jaxmaf.Permutation([1, 0]),
+      ...           AutoregressiveLayer(made(), inverted=True)]  # a MAF and an IAF layer
+      >>> flow = Flow(jaxmaf.bases.StandardNormal(2, jnp.float32), layers)
+      >>> flow.log_prob(jnp.zeros((3, 2))).shape
+      (3,)
     """
 
-    inverted: ClassVar[bool] = False
-    base: nnx.Module
-    dim: int
-    context_dim: int
-    batch_norms: Sequence[nnx.Module]
+    def __init__(self, base: nnx.Module, layers: Sequence[nnx.Module], *, context_dim: int = 0):
+        self.context_dim = check_int("context_dim", context_dim, minimum=0)
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Expected at least one layer, got none.")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ValueError(
+                    f"Expected layers[{i}] to be a flow layer (an NNX module with a bijector "
+                    f"method, e.g. jaxmaf.AutoregressiveLayer), got {layer!r}."
+                )
+            made = getattr(layer, "conditioner", None)
+            if isinstance(made, MADE) and (made.dim, made.context_dim) != (
+                base.dim,
+                self.context_dim,
+            ):
+                raise ValueError(
+                    f"Expected layers[{i}]'s MADE to have dim={base.dim} and context_dim="
+                    f"{self.context_dim} (the base's and the flow's), got dim={made.dim} and "
+                    f"context_dim={made.context_dim}."
+                )
+        self.base = base
+        self.dim = int(base.dim)
+        self.layers = nnx.List(layers)
+
+    @property
+    def conditioners(self) -> list[MADE]:
+        """The MADEs of the autoregressive layers, base side first."""
+        return [
+            layer.conditioner for layer in self.layers if isinstance(layer, AutoregressiveLayer)
+        ]
+
+    @property
+    def batch_norms(self) -> list[BatchNorm]:
+        """The batch-norm layers, base side first."""
+        return [layer for layer in self.layers if isinstance(layer, BatchNorm)]
 
     def bijector(
         self,
@@ -51,8 +101,31 @@ class Flow(Sampling, nnx.Module):
         tol: float = 0.0,
         update_batch_stats: bool = False,
     ) -> distrax.Bijector:
-        """The bijector from base noise to data (see :meth:`jaxmaf.MAF.bijector`)."""
-        raise NotImplementedError
+        """The flow as a distrax bijector mapping base noise to data.
+
+        Args:
+          context: ``(..., context_dim)`` for a conditional flow, else None.
+          method: sequential direction (MAF sampling, IAF density):
+            ``"exact"`` or ``"jacobi"`` (see
+            :meth:`jaxmaf.MaskedAutoregressive.forward_jacobi`).
+          tol: Jacobi stopping threshold (0: the exact fixed point).
+          update_batch_stats: batch norm in train mode also moves its running
+            averages when the density direction (``inverse``) runs (see
+            :meth:`update_batch_stats`); off, evaluating changes nothing.
+
+        Returns:
+          a :class:`distrax.Chain` of the layers' bijectors (base side last,
+          distrax's order); event_ndims_in = 1.
+
+        Raises:
+          ValueError: context missing, unexpected, or of the wrong width.
+        """
+        check_context(context, self.context_dim)
+        parts = [
+            layer.bijector(context, method=method, tol=tol, update_batch_stats=update_batch_stats)
+            for layer in self.layers
+        ]
+        return parts[0] if len(parts) == 1 else distrax.Chain(parts[::-1])
 
     def base_distribution(self) -> distrax.Distribution:
         """The base distribution as a distrax distribution with event shape ``(dim,)``.
@@ -121,128 +194,26 @@ class Flow(Sampling, nnx.Module):
         """``fn(x, context)`` over the batch axes of ``x``, chunked (see :func:`chunked`)."""
         return chunked(fn, x, context, chunk_size, self._batch_statistics())
 
-    def _sequential(self) -> str:
-        """The public method whose direction is sequential: ``"sample"`` (MAF) or ``"log_prob"``."""
-        return "log_prob" if self.inverted else "sample"
+    def _sequential(self) -> tuple[str, ...]:
+        """Methods whose direction is sequential: ``sample`` (MAF layers), ``log_prob`` (IAF)."""
+        inverted = {layer.inverted for layer in self.layers if hasattr(layer, "inverted")}
+        return tuple(
+            name for flag, name in ((False, "sample"), (True, "log_prob")) if flag in inverted
+        )
 
     def _check_method(self, name: str, method: str, tol: float) -> None:
         """Refuses ``method``/``tol`` where they mean nothing (the one-pass direction)."""
         if method not in SEQUENTIAL_METHODS:
             raise ValueError(f"Unknown method {method!r}: expected one of {SEQUENTIAL_METHODS}.")
-        if name != self._sequential() and (method != "exact" or tol != 0.0):
+        sequential = self._sequential()
+        if name not in sequential and (method != "exact" or tol != 0.0):
+            where = " and ".join(f"{type(self).__name__}.{n}" for n in sequential) or "nothing"
             raise ValueError(
                 f"method={method!r}, tol={tol!r}: {type(self).__name__}.{name} is one pass per "
-                f"layer, with nothing to iterate; method and tol apply to "
-                f"{type(self).__name__}.{self._sequential()} (leave them out here)."
+                f"layer, with nothing to iterate; method and tol apply to {where} (leave them "
+                "out here)."
             )
 
     def _call(self, name: str, statics: tuple, *arrays, writes_state: bool = False):
         """``self.<name>(*arrays, *statics)``: compiled and cached when called eagerly."""
         return eager.call(self, name, statics, *arrays, writes_state=writes_state)
-
-    def _density_inputs(self, x: Array, context: Array | None) -> tuple[Array, Array | None]:
-        """Checks ``x`` and ``context`` against the flow and makes them arrays."""
-        check_event(x, self.dim, "x")
-        check_context(context, self.context_dim)
-        return jnp.asarray(x), None if context is None else jnp.asarray(context)
-
-    # ------------------------------------------------------------------ density
-    def log_prob(
-        self,
-        x: Array,
-        context: Array | None = None,
-        *,
-        method: str = "exact",
-        tol: float = 0.0,
-        chunk_size: int | None = None,
-    ) -> Array:
-        """Log-density of ``x``.
-
-        Args:
-          x: points of shape ``(..., dim)``.
-          context: ``(..., context_dim)`` for a conditional flow (batch
-            dimensions broadcast with those of ``x``), else None.
-          method: for an IAF (sequential density), ``"exact"`` or
-            ``"jacobi"``; a MAF's density is one pass, and refuses any other
-            than ``"exact"``.
-          tol: Jacobi stopping threshold (IAF only, as ``method``).
-          chunk_size: evaluate the batch this many points at a time, which
-            bounds memory (see :meth:`chunk_rows`); None: all at once.
-
-        Returns:
-          log-densities of shape ``broadcast(...)``. Points so far out that the
-          computation overflows (``|x|`` around ``1e19`` in float32, or
-          infinite) get ``-inf`` (density 0 in floating point); NaN comes out
-          only where NaN went in (in ``x``, the context or the parameters).
-
-        Raises:
-          ValueError: wrong event dimension of ``x``; context missing,
-            unexpected, or of the wrong width; a bad ``chunk_size``; an
-            unknown ``method``, or ``method``/``tol`` on a MAF.
-
-        Examples:
-          >>> flow = jaxmaf.MAF(2, 4, (32, 32), rngs=nnx.Rngs(0))
-          >>> flow.log_prob(jnp.zeros((10, 2))).shape
-          (10,)
-        """
-        self._check_method("log_prob", method, tol)
-        x, context = self._density_inputs(x, context)
-        return self._call("_log_prob", (method, tol, chunk_size, False), x, context)
-
-    def update_batch_stats(self, x: Array, context: Array | None = None) -> Array:
-        """Log-density of a training batch, moving batch norm's running averages towards it.
-
-        The one call that changes a flow's statistics (``log_prob`` and
-        ``sample`` never do): in train mode each batch norm normalises ``x``
-        with the batch's statistics and moves its running averages by
-        ``1 - momentum`` towards them. :func:`jaxmaf.fit` calls it on every
-        minibatch. In eval mode, or without batch norm, it is ``log_prob``.
-
-        Args:
-          x: a batch ``(..., dim)``.
-          context: ``(..., context_dim)`` for a conditional flow, else None.
-
-        Returns:
-          log-densities ``(...)`` under the batch's statistics.
-
-        Raises:
-          ValueError: as :meth:`log_prob`.
-
-        Examples:
-          >>> flow = jaxmaf.MAF(2, 2, (8,), batch_norm=True, rngs=nnx.Rngs(0))
-          >>> x = 3.0 + jax.random.normal(jax.random.key(0), (64, 2))
-          >>> _ = flow.log_prob(x); float(flow.batch_norms[0].mean[0])  # unchanged
-          0.0
-          >>> _ = flow.update_batch_stats(x); float(flow.batch_norms[0].mean[0]) > 0
-          True
-        """
-        x, context = self._density_inputs(x, context)
-        writes = self._batch_statistics()
-        return self._call("_log_prob", ("exact", 0.0, None, True), x, context, writes_state=writes)
-
-    def _log_prob(
-        self,
-        x: Array,
-        context: Array | None,
-        method: str,
-        tol: float,
-        chunk_size: int | None,
-        update_batch_stats: bool,
-    ) -> Array:
-        def log_prob(x, context):
-            bijector = self.bijector(
-                context, method=method, tol=tol, update_batch_stats=update_batch_stats
-            )
-            u, log_det = bijector.inverse_and_log_det(x)
-            lp = self.base_log_prob(u) + log_det
-            # Far out (|x| ~ 1e19 and beyond in float32) the conditioner overflows and
-            # inf - inf or 0 * inf gives NaN where the density has underflowed to 0.
-            # NaN stays NaN where it came in: from x, the context or the parameters.
-            nan_in = jnp.isnan(x).any(-1)
-            if context is not None:
-                nan_in = nan_in | jnp.isnan(context).any(-1)
-            for leaf in jax.tree.leaves(nnx.state(self, nnx.Param)):
-                nan_in = nan_in | jnp.isnan(leaf).any()
-            return jnp.where(jnp.isnan(lp) & ~nan_in, -jnp.inf, lp)
-
-        return self._chunked(log_prob, x, context, chunk_size)

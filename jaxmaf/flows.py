@@ -14,9 +14,9 @@ from flax import nnx
 from jaxmaf.activations import get_activation
 from jaxmaf.bases import BASES, make_base, standard_normal_log_prob
 from jaxmaf.batch_norm import BatchNorm
-from jaxmaf.bijectors import MaskedAutoregressive, Permute
 from jaxmaf.config import FlowConfig, check_num_components
 from jaxmaf.flow import Flow
+from jaxmaf.layers import AutoregressiveLayer, Permutation
 from jaxmaf.made import MADE
 from jaxmaf.masks import HIDDEN_DEGREES, PERMUTATIONS, layer_permutations
 from jaxmaf.preprocessing import (
@@ -107,25 +107,30 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
             if hidden_degrees == "random"
             else [None] * num_layers
         )
-        self.layers = nnx.List(
-            [
-                MADE(
-                    dim,
-                    hidden_dims,
-                    self.transformer.num_params,
-                    context_dim=context_dim,
-                    activation=activation,
-                    hidden_degrees=hidden_degrees,
-                    residual=residual,
-                    init=init,
-                    output_init_scale=output_init_scale,
-                    param_dtype=self.param_dtype,
-                    mask_seed=seed,
-                    rngs=rngs,
-                )
-                for seed in layer_seeds
-            ]
-        )
+        mades = [
+            MADE(
+                dim,
+                hidden_dims,
+                self.transformer.num_params,
+                context_dim=context_dim,
+                activation=activation,
+                hidden_degrees=hidden_degrees,
+                residual=residual,
+                init=init,
+                output_init_scale=output_init_scale,
+                param_dtype=self.param_dtype,
+                mask_seed=seed,
+                rngs=rngs,
+            )
+            for seed in layer_seeds
+        ]
+        layers: list[nnx.Module] = []
+        for k, made in enumerate(mades):
+            layers.append(AutoregressiveLayer(made, self.transformer, inverted=self.inverted))
+            if k < num_layers - 1:
+                if batch_norm:
+                    layers.append(BatchNorm(dim, param_dtype=self.param_dtype))
+                layers.append(Permutation(self.permutations[k]))
         self.config = FlowConfig(
             dim=int(dim),
             num_layers=int(num_layers),
@@ -149,15 +154,10 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
         self.standardization = nnx.data(  # a data attribute even when None (set later by fit)
             Standardization(dim, context_dim, self.param_dtype) if standardize else None
         )
-        self.batch_norms = nnx.List(
-            [BatchNorm(dim, param_dtype=self.param_dtype) for _ in range(num_layers - 1)]
-            if batch_norm
-            else []
-        )
         # built last, so that the layers' initial values do not depend on the base
-        self.base = make_base(base, dim, num_components, self.param_dtype, rngs)
+        base_module = make_base(base, dim, num_components, self.param_dtype, rngs)
+        super().__init__(base_module, layers, context_dim=context_dim)
 
-    # ------------------------------------------------------------------ bijector
     def bijector(
         self,
         context: Array | None = None,
@@ -167,6 +167,9 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
         update_batch_stats: bool = False,
     ) -> distrax.Bijector:
         """The flow as a distrax bijector mapping base noise to data.
+
+        The layers' chain (:meth:`jaxmaf.Flow.bijector`), then the stored
+        standardisation and the map onto the support, when the flow has them.
 
         Args:
           context: ``(..., context_dim)`` for a conditional flow, else None.
@@ -179,8 +182,7 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
             :meth:`update_batch_stats`); off, evaluating changes nothing.
 
         Returns:
-          a :class:`distrax.Chain` of the layers (base side last) and the
-          permutations between them; event_ndims_in = 1.
+          a :class:`distrax.Chain` (base side last); event_ndims_in = 1.
 
         Raises:
           ValueError: context missing, unexpected, or of the wrong width.
@@ -188,15 +190,9 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
         check_context(context, self.context_dim)
         if self.standardization is not None:
             context = self.standardization.context(context)
-        parts: list[distrax.Bijector] = []
-        for k, made in enumerate(self.layers):
-            conditioner = made if context is None else made.bind(context)
-            layer = MaskedAutoregressive(conditioner, self.transformer, method=method, tol=tol)
-            parts.append(distrax.Inverse(layer) if self.inverted else layer)
-            if k < self.num_layers - 1:
-                if self.batch_norms:
-                    parts.append(self.batch_norms[k].bijector(update_batch_stats))
-                parts.append(Permute(self.permutations[k]))
+        parts = [
+            super().bijector(context, method=method, tol=tol, update_batch_stats=update_batch_stats)
+        ]
         if self.standardization is not None:
             parts.append(self.standardization.bijector())
         if self.support is not None:

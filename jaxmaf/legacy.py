@@ -4,12 +4,14 @@ Version-1 flow files are a bare msgpack map tagged ``jaxmaf-flow``, without a
 checksum. :func:`upgrade_version_1` turns one into today's payload, which
 :func:`jaxmaf.serialization.flow_from_payload` then checks field by field
 like any other; :func:`current_names` maps parameter names that changed
-since.
+since, in files of either version (the mixture base's parameters, and the
+layout before a flow's layers were modules).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from flax import serialization
@@ -26,23 +28,70 @@ RENAMED = {
 }
 
 
-def current_names(params: Any) -> Any:
-    """Stored parameters with names from earlier releases mapped to today's (:data:`RENAMED`).
+def before_layer_modules(names: Iterable[str]) -> bool:
+    """Whether parameter names are of the layout before a flow's layers were modules.
+
+    Then a flow's MADEs were ``layers/k/...`` and its batch norms
+    ``batch_norms/k/...``; today every layer is an entry of ``layers`` and an
+    autoregressive layer's MADE is ``layers/j/conditioner/...``.
+
+    Args:
+      names: parameter names (paths joined by ``/``).
+
+    Returns:
+      True for the old layout.
+
+    Examples:
+      >>> before_layer_modules(["layers/0/hidden/0/bias"])
+      True
+      >>> before_layer_modules(["layers/0/conditioner/hidden/0/bias", "layers/1/beta"])
+      False
+    """
+    names = list(names)
+    if any("/conditioner/" in n for n in names):
+        return False
+    return any(n.startswith(("layers/", "batch_norms/")) for n in names)
+
+
+def current_names(params: Any, batch_norm: bool = False) -> Any:
+    """Stored parameters with names from earlier releases mapped to today's.
+
+    Maps :data:`RENAMED`, and the layout before layers were modules (see
+    :func:`before_layer_modules`): MADE ``k`` moves to
+    ``layers/{j}/conditioner`` and batch norm ``k`` to ``layers/{j + 1}``,
+    where ``j`` is ``3 k`` with batch norm (layer, batch norm, permutation)
+    and ``2 k`` without.
 
     Args:
       params: the stored ``{name: array}`` map (anything else is returned as
         it is, to be refused by name where it is read).
+      batch_norm: whether the flow has batch norm between its layers.
 
     Returns:
       the map with every renamed key replaced.
 
     Examples:
-      >>> sorted(current_names({"base_logits": 0, "layers/0/output/bias": 1}))
-      ['base/logits', 'layers/0/output/bias']
+      >>> sorted(current_names({"base_logits": 0, "layers/1/output/bias": 1}))
+      ['base/logits', 'layers/2/conditioner/output/bias']
+      >>> sorted(current_names({"batch_norms/0/beta": 0, "layers/1/output/bias": 1}, True))
+      ['layers/1/beta', 'layers/3/conditioner/output/bias']
     """
     if not isinstance(params, dict):
         return params
-    return {RENAMED.get(name, name): value for name, value in params.items()}
+    params = {RENAMED.get(name, name): value for name, value in params.items()}
+    if not before_layer_modules(name for name in params if isinstance(name, str)):
+        return params
+    block = 3 if batch_norm else 2
+    moved = {}
+    for name, value in params.items():
+        head, _, rest = name.partition("/") if isinstance(name, str) else ("", "", "")
+        k, _, tail = rest.partition("/")
+        if head == "layers" and k.isdigit():
+            name = f"layers/{block * int(k)}/conditioner/{tail}"
+        elif head == "batch_norms" and k.isdigit():
+            name = f"layers/{block * int(k) + 1}/{tail}"
+        moved[name] = value
+    return moved
 
 
 def upgrade_version_1(data: bytes, source: str = "<bytes>") -> dict[str, Any] | None:

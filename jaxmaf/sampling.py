@@ -1,7 +1,7 @@
 """Sampling from a flow: draws, draws with their log-densities, and pass counting.
 
 :class:`Sampling` holds the sampling half of :class:`jaxmaf.flow.Flow` (the
-density half is in ``flow.py``). It relies on what a flow provides: ``base``
+density half is :class:`jaxmaf.density.Density`). It relies on what a flow provides: ``base``
 (with ``sample``), ``dim``, ``context_dim``, ``bijector(context, method=,
 tol=)``, and the flow's helpers for eager calls that compile once
 (``_call``), chunked evaluation (``_chunked``) and method checks

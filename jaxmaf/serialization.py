@@ -89,7 +89,7 @@ def masks(flow: MAF | IAF) -> dict[str, Any]:
             "hidden": {str(j): lin.mask.array for j, lin in enumerate(made.hidden)},
             "output": made.output.mask.array,
         }
-        for i, made in enumerate(flow.layers)
+        for i, made in enumerate(flow.conditioners)
     }
 
 
@@ -256,7 +256,7 @@ def check_savable(flow: nnx.Module) -> str | None:
     if config["activation"] is None:
         return (
             "This flow's activation was given as a callable; save needs it by name "
-            f"(one of jaxmaf.ACTIVATIONS), got {flow.layers[0].activation_fn!r}."
+            f"(one of jaxmaf.ACTIVATIONS), got {flow.conditioners[0].activation_fn!r}."
         )
     return None
 
@@ -326,7 +326,7 @@ def flow_from_payload(
         _adopt_checked_masks(flow, payload["masks"], source)
         flow.config = dataclasses.replace(flow.config, mask_seed=None)  # not reproducible
     _check_masks(flow, payload["masks"], source)
-    set_flat_params(flow, current_names(payload["params"]), source)
+    set_flat_params(flow, current_names(payload["params"], flow.config.batch_norm), source)
     expect(isinstance(payload["eval_mode"], bool), source, "expected eval_mode to be a bool.")
     if payload["eval_mode"]:
         flow.eval()
@@ -383,7 +383,7 @@ def load(path: str | os.PathLike) -> MAF | IAF:
 def _adopt_checked_masks(flow: MAF | IAF, stored: Any, source: str) -> None:
     """Takes version-1 random-degree masks after checking shapes and the autoregressive rule."""
     expect(isinstance(stored, dict), source, "expected the masks as a map.")
-    for i, made in enumerate(flow.layers):
+    for i, made in enumerate(flow.conditioners):
         layer = stored.get(str(i))
         expect(isinstance(layer, dict), source, f"layer {i}: expected its masks as a map.")
         hidden = layer.get("hidden", {})

@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxmaf import fileformat, serialization
 from jaxmaf.history import History
+from jaxmaf.legacy import before_layer_modules
 
 TRAIN_STATE = "train_state.msgpack"
 BEST_FLOW = "best.jaxmaf"
@@ -141,6 +142,13 @@ def load_state(path, flow, params, opt_state, key, fingerprint, history_cls=Hist
         raise ValueError(
             f"The checkpoint in {source} is from a different run: "
             f"{_differences(saved_run, fingerprint) if isinstance(saved_run, dict) else saved_run}."
+        )
+    stored = payload["params"] if isinstance(payload["params"], dict) else {}
+    if before_layer_modules(str(name).partition("/")[2] for name in stored):
+        raise ValueError(
+            f"The checkpoint in {source} was written by an earlier jaxmaf, before a flow's layers "
+            "became modules: its parameter names cannot resume this run. jaxmaf.load reads "
+            "the best flow it saved (best.jaxmaf); start again without resume=True."
         )
     described = _describe_optimizer(opt_state)
     if payload["optimizer"] != described:

@@ -395,6 +395,7 @@ def _flip_mask(payload):
     payload["masks"]["1"]["hidden"]["0"] = mask
 
 
+BIAS = "layers/0/conditioner/output/bias"
 TAMPERING = {
     "class": (_set_config("class", "os.system"), "unknown flow class 'os.system'"),
     "transformer": (_set_transformer_name, "unknown transformer 'bspline'"),
@@ -404,16 +405,14 @@ TAMPERING = {
     "permutation": (_set_config("permutation", [[0, 0, 1], [0, 1, 2]]), "permutation"),
     "mask": (_flip_mask, "layer 1's hidden mask 0 differs"),
     "param shape": (
-        lambda p: p["params"].update({"layers/0/output/bias": np.zeros(3, np.float32)}),
-        r"layers/0/output/bias: expected float32\(",
+        lambda p: p["params"].update({"layers/0/conditioner/output/bias": np.zeros(3, np.float32)}),
+        r"layers/0/conditioner/output/bias: expected float32\(",
     ),
     "param dtype": (
-        lambda p: p["params"].update(
-            {"layers/0/output/bias": p["params"]["layers/0/output/bias"].astype(np.float16)}
-        ),
-        "layers/0/output/bias: expected float32",
+        lambda p: p["params"].update({BIAS: p["params"][BIAS].astype(np.float16)}),
+        "layers/0/conditioner/output/bias: expected float32",
     ),
-    "param missing": (lambda p: p["params"].pop("layers/0/output/bias"), "missing"),
+    "param missing": (lambda p: p["params"].pop("layers/0/conditioner/output/bias"), "missing"),
     "eval_mode": (lambda p: p.update(eval_mode="yes"), "eval_mode"),
     "extra field": (lambda p: p.update(code="print(1)"), r"unknown \['code'\]"),
 }
@@ -432,7 +431,7 @@ def test_random_hidden_degrees_are_recomputed_from_the_recorded_seed(tmp_path):
     flow, path = _saved(tmp_path, hidden_degrees="random")
     assert flow.config.mask_seed is not None
     loaded = jaxmaf.load(path)
-    for a, b in zip(flow.layers, loaded.layers, strict=True):
+    for a, b in zip(flow.conditioners, loaded.conditioners, strict=True):
         np.testing.assert_array_equal(a.output.mask.array, b.output.mask.array)
     _tampered(path, _set_config("mask_seed", flow.config.mask_seed + 1))
     with pytest.raises(ValueError, match="differs from the one its configuration defines"):

@@ -1,0 +1,156 @@
+"""The generic flow: a base and a list of layers; MAF and IAF built on it; files from before."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxmaf
+from conftest import perturb
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def made(dim=3, context_dim=0, seed=0):
+    return jaxmaf.MADE(dim, (16,), 2, context_dim=context_dim, rngs=nnx.Rngs(seed))
+
+
+def mixed_flow(context_dim=0, perturbed=True):
+    """A MAF layer, batch norm, a permutation and an IAF layer over a standard normal."""
+    layers = [
+        jaxmaf.AutoregressiveLayer(made(context_dim=context_dim, seed=1)),
+        jaxmaf.BatchNorm(3),
+        jaxmaf.Permutation([2, 0, 1]),
+        jaxmaf.AutoregressiveLayer(made(context_dim=context_dim, seed=2), inverted=True),
+    ]
+    base = jaxmaf.StandardNormal(3, jnp.float32)
+    flow = jaxmaf.Flow(base, layers, context_dim=context_dim)
+    return perturb(flow, seed=3) if perturbed else flow
+
+
+def test_maf_and_iaf_are_the_generic_flow_over_their_layers():
+    x = jax.random.normal(jax.random.key(0), (7, 3))
+    for cls in (jaxmaf.MAF, jaxmaf.IAF):
+        flow = perturb(cls(3, 3, (16,), batch_norm=True, rngs=nnx.Rngs(0)))
+        kinds = [type(layer).__name__ for layer in flow.layers]
+        assert kinds == ["AutoregressiveLayer", "BatchNorm", "Permutation"] * 2 + kinds[-1:]
+        assert all(layer.inverted == flow.inverted for layer in flow.layers[::3])
+        generic = jaxmaf.Flow(flow.base, list(flow.layers))
+        np.testing.assert_array_equal(generic.log_prob(x), flow.log_prob(x))
+        key = jax.random.key(1)
+        np.testing.assert_array_equal(generic.sample(key, (5,)), flow.sample(key, (5,)))
+        pairs = zip(flow.conditioners, flow.layers[::3], strict=True)
+        assert all(m is layer.conditioner for m, layer in pairs)
+
+
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_a_mixed_flow_matches_the_dense_change_of_variables(context_dim):
+    flow = mixed_flow(context_dim)
+    flow.eval()  # batch norm by its running averages: a fixed bijection, invertible both ways
+    x = jax.random.normal(jax.random.key(4), (3,))
+    c = None if context_dim == 0 else jnp.array([0.5, -1.0])
+    bijector = flow.bijector(c)
+    u = bijector.inverse(x)
+    jac = jax.jacfwd(bijector.inverse)(x)
+    dense = flow.base_log_prob(u) + jnp.linalg.slogdet(jac)[1]
+    np.testing.assert_allclose(flow.log_prob(x, c), dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bijector.forward(u), x, rtol=1e-5, atol=1e-5)
+    y = u
+    for layer in flow.layers:  # layers[0] acts on the base noise, the last one gives the data
+        y = layer.bijector(c).forward(y)
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    samples, log_q = flow.sample_and_log_prob(jax.random.key(5), (6,), c)
+    np.testing.assert_allclose(flow.log_prob(samples, c), log_q, rtol=1e-4, atol=1e-4)
+
+
+def test_a_mixed_flow_trains_and_works_under_jit_vmap_and_eval_shape():
+    flow = mixed_flow()
+    x = jax.random.normal(jax.random.key(6), (64, 3)) * 2.0 + 1.0
+    before = float(flow.log_prob(x).mean())
+    history = jaxmaf.fit(flow, x, num_epochs=5, batch_size=32, progress=False)
+    assert history.best_epoch >= 0 and float(flow.log_prob(x).mean()) > before
+    flow.eval()
+    np.testing.assert_allclose(jax.jit(flow.log_prob)(x), flow.log_prob(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(flow.log_prob)(x), flow.log_prob(x), rtol=1e-5, atol=1e-5)
+    shapes = nnx.eval_shape(lambda: mixed_flow(perturbed=False))
+    assert isinstance(shapes, jaxmaf.Flow) and len(shapes.layers) == 4
+
+
+def test_method_and_tol_apply_where_a_direction_is_sequential():
+    x = jnp.zeros((2, 3))
+    mixed = mixed_flow()  # a MAF and an IAF layer: both directions are sequential
+    mixed.eval()
+    np.testing.assert_allclose(
+        mixed.log_prob(x, method="jacobi"), mixed.log_prob(x), rtol=1e-5, atol=1e-5
+    )
+    assert mixed.sample(jax.random.key(0), (2,), method="jacobi").shape == (2, 3)
+    maf = jaxmaf.Flow(jaxmaf.StandardNormal(3, jnp.float32), [jaxmaf.AutoregressiveLayer(made())])
+    with pytest.raises(ValueError, match=r"apply to Flow\.sample"):
+        maf.log_prob(x, method="jacobi")
+
+
+@pytest.mark.parametrize(
+    "layers,kwargs,match",
+    [
+        ([], {}, "at least one layer"),
+        ([made()], {}, r"layers\[0\] to be a flow layer"),
+        ([jaxmaf.AutoregressiveLayer(made(dim=2))], {}, "dim=3 and context_dim=0"),
+        ([jaxmaf.AutoregressiveLayer(made())], dict(context_dim=2), "context_dim=2"),
+    ],
+)
+def test_bad_layers_are_refused_by_name(layers, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jaxmaf.Flow(jaxmaf.StandardNormal(3, jnp.float32), layers, **kwargs)
+
+
+def test_bad_layer_arguments_are_refused_by_name():
+    with pytest.raises(ValueError, match="conditioner to be a jaxmaf.MADE"):
+        jaxmaf.AutoregressiveLayer(lambda x: x)
+    with pytest.raises(ValueError, match="25 outputs per dimension"):
+        jaxmaf.AutoregressiveLayer(made(), "spline")
+    with pytest.raises(ValueError, match="inverted to be True or False"):
+        jaxmaf.AutoregressiveLayer(made(), inverted=1)
+    with pytest.raises(ValueError, match="permutation"):
+        jaxmaf.Permutation([0, 0, 1])
+
+
+def test_a_generic_flow_cannot_be_saved_by_configuration(tmp_path):
+    with pytest.raises(ValueError, match="Expected a MAF or IAF to save"):
+        jaxmaf.save(tmp_path / "f.jaxmaf", mixed_flow())
+
+
+@pytest.mark.parametrize("name", ["maf_batch_norm_mog", "iaf_spline_conditional"])
+def test_files_saved_before_layers_were_modules_load_with_the_same_density(name):
+    """Written by the previous layout (MADEs at layers/k, batch norms at batch_norms/k)."""
+    recorded = json.loads((DATA / "saved_0.1.0.json").read_text())
+    flow = jaxmaf.load(DATA / f"{name}_0.1.0.jaxmaf")
+    context = jnp.asarray(recorded["context"]) if "conditional" in name else None
+    np.testing.assert_allclose(
+        flow.log_prob(jnp.asarray(recorded["x"]), context), recorded["log_prob"][name], rtol=1e-6
+    )
+
+
+def test_a_checkpoint_from_before_layers_were_modules_is_refused_by_name(tmp_path):
+    directory = tmp_path / "run"
+    shutil.copytree(DATA / "checkpoint_0.1.0", directory)
+    data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    flow = jaxmaf.MAF(2, 2, (8,), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="before a flow's layers became modules"):
+        jaxmaf.fit(
+            flow,
+            data,
+            num_epochs=4,
+            batch_size=32,
+            checkpoint_dir=directory,
+            resume=True,
+            progress=False,
+        )
+    best = jaxmaf.load(directory / "best.jaxmaf")  # what it trained is still there
+    assert np.all(np.isfinite(best.log_prob(data)))
