@@ -8,12 +8,15 @@ taken for a number).
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -195,15 +198,13 @@ def check_param_dtype(param_dtype: Any) -> np.dtype:
       >>> check_param_dtype("float32")
       dtype('float32')
     """
-    import jax
-
     if param_dtype is None:
         return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
     try:
         dtype = np.dtype(param_dtype)
     except TypeError:
         raise ValueError(f"Expected param_dtype to be a dtype, got {param_dtype!r}.") from None
-    if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"Expected param_dtype to be a floating dtype, got {dtype}.")
     if np.dtype(jax.dtypes.canonicalize_dtype(dtype)) != dtype:
         raise ValueError(
@@ -229,9 +230,6 @@ def check_key(key: Any) -> Any:
       >>> check_key(jax.random.key(0)).shape
       ()
     """
-    import jax
-    import jax.numpy as jnp
-
     if isinstance(key, jax.Array):
         if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             return key
@@ -260,8 +258,6 @@ def constructor_signature(cls: type) -> type:
       >>> list(inspect.signature(jaxmaf.MAF).parameters)[:3]
       ['dim', 'num_layers', 'hidden_dims']
     """
-    import inspect
-
     sig = inspect.signature(cls.__init__)
     cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
     return cls
@@ -313,8 +309,6 @@ def host_seed(rngs: Any) -> int:
       >>> 0 <= host_seed(nnx.Rngs(0)) < 2**31 - 1
       True
     """
-    import jax
-
     try:
         return int(jax.random.randint(rngs.params(), (), 0, 2**31 - 1))
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as e:
@@ -327,8 +321,6 @@ def host_seed(rngs: Any) -> int:
 
 def default_dtype() -> np.dtype:
     """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
-    import jax
-
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
@@ -339,7 +331,6 @@ def check_event(x: Any, dim: int, name: str = "x") -> None:
     shape = tuple(x.shape)
     if len(shape) < 1 or shape[-1] != dim:
         raise ValueError(f"Expected {name} of shape (..., {dim}), got shape {shape}.")
-    import jax.numpy as jnp
 
     dtype = x.dtype
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):

@@ -12,12 +12,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
 
 # Each module may import only modules of a lower layer.
 LAYERS = [
+    {"version"},
     {"validation", "optimizers", "activations", "averaging", "chunking", "eager"},
     {"history", "progress"},
     {"masks", "masked_linear", "splines", "batch_norm", "fileformat", "epochs", "logdet"},
     {"transformers", "datasets", "legacy"},
     {"made", "bases", "config", "bijectors", "preprocessing"},
-    {"sampling"},
+    {"sampling", "density", "layers"},
     {"flow"},
     {"flows"},
     {"serialization", "for_numpyro"},
@@ -69,11 +70,11 @@ def test_every_module_is_placed_and_none_is_oversized():
         if path.stem != "__init__":
             _layer(path.stem)
         lines = len(path.read_text().splitlines())
-        assert lines <= 450, f"{path.name} has {lines} lines; split it by concept"
+        assert lines <= 410, f"{path.name} has {lines} lines; split it by concept"
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):  # docstrings included
                 size = node.end_lineno - node.lineno + 1
-                assert size <= 240, f"{path.name}: class {node.name} has {size} lines"
+                assert size <= 215, f"{path.name}: class {node.name} has {size} lines"
 
 
 # Names users may import from the modules they lived in before the split into concepts.

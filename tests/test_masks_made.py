@@ -198,7 +198,7 @@ def test_params_per_dim_is_the_former_name_of_num_params():
     assert new.num_params == old.num_params == old.params_per_dim == 2
     x = jax.random.normal(jax.random.key(1), (4, 3))
     np.testing.assert_array_equal(new(x), old(x))
-    with pytest.raises(ValueError, match="pass num_params= only"):
+    with pytest.raises(ValueError, match="pass num_params= only"), pytest.warns(DeprecationWarning):
         jaxmaf.MADE(3, (8,), 2, params_per_dim=3, rngs=nnx.Rngs(0))
     masks, _ = jaxmaf.masks.made_masks(jaxmaf.masks.input_degrees(3), [8], num_params=2)
     with pytest.warns(DeprecationWarning):
@@ -230,12 +230,13 @@ def test_uniform_init_draws_every_layer_within_its_full_fan_in_bound(context_dim
     for cls in (jaxmaf.MAF, jaxmaf.IAF):
         flow = cls(3, 2, (16,), rngs=nnx.Rngs(0))
         np.testing.assert_allclose(flow.log_prob(x), expected, rtol=1e-6, atol=1e-6)
-        out = flow.layers[0].output
+        out = flow.conditioners[0].output
         assert not np.any(out.kernel[...]) and not np.any(out.bias[...])
-    hidden = np.asarray(jaxmaf.MAF(3, 2, (16,), rngs=nnx.Rngs(0)).layers[0].hidden[0].kernel[...])
+    maf = jaxmaf.MAF(3, 2, (16,), rngs=nnx.Rngs(0))
+    hidden = np.asarray(maf.conditioners[0].hidden[0].kernel[...])
     assert np.all(np.abs(hidden) <= 1 / np.sqrt(3)) and np.std(hidden) > 0.35 / np.sqrt(3)
     iaf = jaxmaf.IAF(3, 2, (16,), rngs=nnx.Rngs(0))  # IAF: LeCun normal, unbounded draws
-    assert np.max(np.abs(iaf.layers[0].hidden[0].kernel[...])) > 1 / np.sqrt(3)
+    assert np.max(np.abs(iaf.conditioners[0].hidden[0].kernel[...])) > 1 / np.sqrt(3)
     random = jaxmaf.MAF(3, 2, (16,), output_init_scale=1.0, rngs=nnx.Rngs(0))
     assert float(jnp.max(jnp.abs(random.log_prob(x) - expected))) > 1e-3
     with pytest.raises(ValueError, match="Unknown init 'he'"):
