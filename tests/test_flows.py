@@ -576,16 +576,15 @@ def test_spline_matches_distrax_rational_quadratic_spline(num_bins, x64):
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("scale", [0.0, 1.0])
-def test_spline_sampling_direction_has_finite_gradients(scale):
+def test_spline_sampling_direction_has_finite_gradients():
     """The quadratic root's unused branch divides by a = 0 in a linear bin (the identity start):
     the gradient must not pick up its NaN. IAF density and MAF sample_and_log_prob both run it."""
-    x = jax.random.normal(jax.random.key(0), (16, 3)) + 1.0
+    x = jax.random.normal(jax.random.key(0), (16, 2)) + 1.0
     for cls, loss in (
         (jaxmaf.IAF, lambda f: -f.log_prob(x).mean()),
         (jaxmaf.MAF, lambda f: f.sample_and_log_prob(jax.random.key(1), (16,))[1].mean()),
     ):
-        flow = cls(3, 2, (8,), transformer="spline", output_init_scale=scale, rngs=nnx.Rngs(2))
+        flow = cls(2, 1, (8,), transformer="spline", rngs=nnx.Rngs(2))  # the identity start
         graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
 
         def objective(p, graphdef=graphdef, rest=rest, loss=loss):
