@@ -5,8 +5,11 @@ SHA-256 digest, header) holding the flow's configuration as JSON, its masks
 and its parameters by path. Loading rebuilds the flow from the
 configuration (every field checked), recomputes its masks and compares them
 with the stored ones, then restores each parameter after checking its name,
-shape and dtype. Format-version-1 files (no digest) still load, with a
-warning (:mod:`jaxmaf.legacy` reads them).
+shape and dtype. A generic :class:`jaxmaf.Flow` has no configuration to
+record (``null``): ``load(path, like=flow)`` takes its structure from a flow
+built the same way, and checks masks and parameters against it. The masks'
+records are :mod:`jaxmaf.mask_records`; format-version-1 files (no digest)
+still load, with a warning (:mod:`jaxmaf.legacy` reads them).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 import warnings
 from typing import Any
 
-import numpy as np
 from flax import nnx
 
 from jaxmaf.config import FlowConfig
@@ -37,10 +39,10 @@ from jaxmaf.fileformat import (
     set_flat_params,
     to_named_arrays,
 )
+from jaxmaf.flow import Flow
 from jaxmaf.flows import IAF, MAF
 from jaxmaf.legacy import current_names, upgrade_version_1
-from jaxmaf.masked_linear import Constant
-from jaxmaf.masks import connectivity
+from jaxmaf.mask_records import adopt_checked_masks, check_masks, masks
 from jaxmaf.transformers import TRANSFORMERS
 
 __all__ = [
@@ -67,30 +69,6 @@ __all__ = [
 ]
 
 _CLASSES = {"MAF": MAF, "IAF": IAF}
-
-
-def masks(flow: MAF | IAF) -> dict[str, Any]:
-    """Every layer's input degrees and masks, as stored in a flow file.
-
-    Args:
-      flow: a MAF or IAF.
-
-    Returns:
-      ``{"0": {"degrees", "hidden": {"0": mask, ...}, "output"}, ...}``.
-
-    Examples:
-      >>> m = masks(jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0)))
-      >>> m["0"]["output"].shape
-      (4, 4)
-    """
-    return {
-        str(i): {
-            "degrees": made.degrees.array,
-            "hidden": {str(j): lin.mask.array for j, lin in enumerate(made.hidden)},
-            "output": made.output.mask.array,
-        }
-        for i, made in enumerate(flow.conditioners)
-    }
 
 
 def config_of(flow: nnx.Module) -> dict[str, Any] | None:
@@ -179,43 +157,17 @@ def flow_from_config(config: Any, source: str = "<bytes>") -> MAF | IAF:
         raise ValueError(f"{source}: invalid configuration: {e}") from None
 
 
-def _check_masks(flow: MAF | IAF, stored: Any, source: str) -> None:
-    expected = masks(flow)
-    expect(
-        isinstance(stored, dict) and sorted(stored) == sorted(expected),
-        source,
-        f"expected masks for layers {sorted(expected)}.",
-    )
-    for i, layer in expected.items():
-        got = stored[i]
-        expect(isinstance(got, dict), source, f"layer {i}: expected its masks as a map.")
-        expect(
-            isinstance(got.get("hidden"), dict)
-            and sorted(got["hidden"]) == sorted(layer["hidden"]),
-            source,
-            f"layer {i}: expected hidden masks {sorted(layer['hidden'])}.",
-        )
-        pairs = [("degrees", layer["degrees"], got.get("degrees"))]
-        pairs += [(f"hidden mask {j}", m, got["hidden"][j]) for j, m in layer["hidden"].items()]
-        pairs.append(("output mask", layer["output"], got.get("output")))
-        for what, want, have in pairs:
-            if not (isinstance(have, np.ndarray) and np.array_equal(have, want)):
-                raise ValueError(
-                    f"{source}: layer {i}'s {what} differs from the one its configuration "
-                    "defines: the file was altered (a changed mask breaks the "
-                    "autoregressive property)."
-                )
-
-
-def save(path: str | os.PathLike, flow: MAF | IAF) -> None:
+def save(path: str | os.PathLike, flow: Flow) -> None:
     """Saves a flow's configuration, masks and parameters to one checksummed file.
 
     Args:
       path: destination file (written atomically; parent directory created).
-      flow: a :class:`jaxmaf.MAF` or :class:`jaxmaf.IAF`.
+      flow: a :class:`jaxmaf.MAF` or :class:`jaxmaf.IAF` (:func:`load`
+        rebuilds it), or a generic :class:`jaxmaf.Flow` (stored without a
+        configuration: ``load(path, like=...)`` reads it).
 
     Raises:
-      ValueError: a flow that is not a MAF/IAF, or whose activation was given
+      ValueError: not a jaxmaf flow; a MAF/IAF whose activation was given
         as a callable (it cannot be recorded by name).
 
     Examples:
@@ -245,9 +197,11 @@ def check_savable(flow: nnx.Module) -> str | None:
       >>> check_savable(flow).startswith("This flow's activation was given as a callable")
       True
     """
+    if not isinstance(flow, Flow):
+        return f"Expected a jaxmaf flow (MAF, IAF or jaxmaf.Flow) to save, got {type(flow)!r}."
     config = config_of(flow)
-    if config is None:
-        return f"Expected a MAF or IAF to save, got {type(flow)!r}."
+    if config is None:  # a generic Flow: its parameters and masks, loaded with like=
+        return None
     if config["hidden_degrees"] == "random" and config["mask_seed"] is None:
         return (
             "This flow's random hidden degrees came from a version-1 file and cannot be "
@@ -261,11 +215,12 @@ def check_savable(flow: nnx.Module) -> str | None:
     return None
 
 
-def flow_payload(flow: MAF | IAF) -> dict[str, Any]:
+def flow_payload(flow: Flow) -> dict[str, Any]:
     """What :func:`save` stores for ``flow`` (configuration, masks, parameters, mode).
 
     Args:
-      flow: a MAF or IAF with a named activation.
+      flow: a MAF or IAF with a named activation, or a generic
+        :class:`jaxmaf.Flow` (stored without a configuration, as ``null``).
 
     Returns:
       the payload map.
@@ -281,7 +236,7 @@ def flow_payload(flow: MAF | IAF) -> dict[str, Any]:
     if reason is not None:
         raise ValueError(reason)
     return {
-        "config": json.dumps(config_of(flow)),
+        "config": json.dumps(config_of(flow)),  # null for a generic Flow
         "masks": masks(flow),
         "params": flat_params(flow),
         "eval_mode": bool(flow.batch_norms and flow.batch_norms[0].use_running_average),
@@ -289,8 +244,12 @@ def flow_payload(flow: MAF | IAF) -> dict[str, Any]:
 
 
 def flow_from_payload(
-    payload: Any, source: str = "<bytes>", *, adopt_random_masks: bool = False
-) -> MAF | IAF:
+    payload: Any,
+    source: str = "<bytes>",
+    *,
+    adopt_random_masks: bool = False,
+    like: Flow | None = None,
+) -> Flow:
     """Rebuilds a flow from :func:`flow_payload`'s map, checking every field.
 
     Args:
@@ -300,13 +259,18 @@ def flow_from_payload(
         degrees after checking their shapes and the autoregressive property
         (version-1 files drew those degrees from ``rngs``, so no seed
         recomputes them; the flow then records no ``mask_seed``).
+      like: a flow built as the saved one was: required for a generic
+        :class:`jaxmaf.Flow` (stored without a configuration), whose copy
+        receives the parameters; for a MAF or IAF, its configuration must
+        equal the stored one.
 
     Returns:
-      the flow.
+      the flow (``like`` itself is left unchanged).
 
     Raises:
       ValueError: any field missing, unknown, of the wrong type or value; masks
-        that differ from those the configuration defines.
+        that differ from those the configuration (or ``like``) defines; a
+        generic flow without ``like``, or a ``like`` of another configuration.
 
     Examples:
       >>> flow = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(3))
@@ -321,28 +285,49 @@ def flow_from_payload(
         config = json.loads(payload["config"])
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: the configuration is not valid JSON ({e}).") from None
-    flow = flow_from_config(config, source)
-    if adopt_random_masks and config.get("hidden_degrees") == "random":
-        _adopt_checked_masks(flow, payload["masks"], source)
-        flow.config = dataclasses.replace(flow.config, mask_seed=None)  # not reproducible
-    _check_masks(flow, payload["masks"], source)
-    set_flat_params(flow, current_names(payload["params"], flow.config.batch_norm), source)
+    if like is not None and not isinstance(like, Flow):
+        raise ValueError(f"Expected like to be a jaxmaf flow, got {type(like)!r}.")
+    params = payload["params"]
+    if config is None:  # a generic Flow: the structure comes from like
+        if like is None:
+            raise ValueError(
+                f"{source} holds a generic jaxmaf.Flow, saved without a configuration: pass "
+                "like=, a flow built the same way, to load its parameters into a copy of it."
+            )
+        flow = nnx.clone(like)
+    else:
+        flow = flow_from_config(config, source)
+        if like is not None and config_of(like) != config:
+            raise ValueError(
+                f"{source} holds a {config.get('class')} whose configuration differs from "
+                "like's: leave like out (the file rebuilds its flow) or pass a matching flow."
+            )
+        params = current_names(params, flow.config.batch_norm)
+        if adopt_random_masks and config.get("hidden_degrees") == "random":
+            adopt_checked_masks(flow, payload["masks"], source)
+            flow.config = dataclasses.replace(flow.config, mask_seed=None)  # not reproducible
+    check_masks(flow, payload["masks"], source)
+    set_flat_params(flow, params, source)
     expect(isinstance(payload["eval_mode"], bool), source, "expected eval_mode to be a bool.")
     if payload["eval_mode"]:
         flow.eval()
     return flow
 
 
-def load(path: str | os.PathLike) -> MAF | IAF:
+def load(path: str | os.PathLike, *, like: Flow | None = None) -> Flow:
     """Loads a flow written by :func:`save`, trusting nothing in the file.
 
     The checksum, every field, the parameter names, shapes and dtypes are
     checked, and the masks are recomputed from the configuration and compared
     with the stored ones. Files of format version 1 (no checksum) still load,
-    with a warning.
+    with a warning. A generic :class:`jaxmaf.Flow` is stored without a
+    configuration: ``like`` supplies its structure.
 
     Args:
       path: the file.
+      like: a flow built as the saved one was (required for a generic
+        ``jaxmaf.Flow``; optional for a MAF or IAF, whose configuration it
+        must match). It is copied, not changed.
 
     Returns:
       a new flow with the saved configuration, masks, parameters and batch
@@ -369,7 +354,7 @@ def load(path: str | os.PathLike) -> MAF | IAF:
     if not data.startswith(MAGIC):
         payload = upgrade_version_1(data, source)
         if payload is not None:
-            flow = flow_from_payload(payload, source, adopt_random_masks=True)
+            flow = flow_from_payload(payload, source, adopt_random_masks=True, like=like)
             warnings.warn(
                 f"{source} is a version-1 jaxmaf file without a checksum; save it again to "
                 "protect it.",
@@ -377,29 +362,4 @@ def load(path: str | os.PathLike) -> MAF | IAF:
                 stacklevel=2,
             )
             return flow
-    return flow_from_payload(decode(data, "flow", source), source)
-
-
-def _adopt_checked_masks(flow: MAF | IAF, stored: Any, source: str) -> None:
-    """Takes version-1 random-degree masks after checking shapes and the autoregressive rule."""
-    expect(isinstance(stored, dict), source, "expected the masks as a map.")
-    for i, made in enumerate(flow.conditioners):
-        layer = stored.get(str(i))
-        expect(isinstance(layer, dict), source, f"layer {i}: expected its masks as a map.")
-        hidden = layer.get("hidden", {})
-        new = [np.asarray(hidden.get(str(j))) for j in range(len(made.hidden))]
-        new.append(np.asarray(layer.get("output")))
-        old = [lin.mask.array for lin in made.hidden] + [made.output.mask.array]
-        for j, (m, o) in enumerate(zip(new, old, strict=True)):
-            expect(m.shape == o.shape and m.dtype == bool, source, f"layer {i}: mask {j}.")
-        degrees = made.degrees.array
-        reach = connectivity(new, made.num_params)  # (D out, D in)
-        allowed = degrees[None, :] < degrees[:, None]
-        expect(
-            not np.any(reach & ~allowed),
-            source,
-            f"layer {i}: its masks break the autoregressive property.",
-        )
-        for lin, m in zip(made.hidden, new[:-1], strict=True):
-            lin.mask = Constant(m)
-        made.output.mask = Constant(new[-1])
+    return flow_from_payload(decode(data, "flow", source), source, like=like)

@@ -16,7 +16,7 @@ LAYERS = [
     {"validation", "optimizers", "activations", "averaging", "chunking", "eager"},
     {"history", "progress"},
     {"masks", "masked_linear", "splines", "batch_norm", "fileformat", "epochs", "logdet"},
-    {"transformers", "datasets", "legacy"},
+    {"transformers", "datasets", "legacy", "mask_records"},
     {"made", "bases", "config", "bijectors", "preprocessing"},
     {"sampling", "density", "layers"},
     {"flow"},
