@@ -50,12 +50,12 @@ def test_maf_and_iaf_are_the_generic_flow_over_their_layers():
         assert all(m is layer.conditioner for m, layer in pairs)
 
 
-@pytest.mark.parametrize("context_dim", [0, 2])
-def test_a_mixed_flow_matches_the_dense_change_of_variables(context_dim):
+def test_a_mixed_flow_matches_the_dense_change_of_variables():
+    context_dim = 2  # conditional: the context reaches both autoregressive layers
     flow = mixed_flow(context_dim)
     flow.eval()  # batch norm by its running averages: a fixed bijection, invertible both ways
     x = jax.random.normal(jax.random.key(4), (3,))
-    c = None if context_dim == 0 else jnp.array([0.5, -1.0])
+    c = jnp.array([0.5, -1.0])
     bijector = flow.bijector(c)
     u = bijector.inverse(x)
     jac = jax.jacfwd(bijector.inverse)(x)
