@@ -173,13 +173,9 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
 
         Args:
           context: ``(..., context_dim)`` for a conditional flow, else None.
-          method: sequential direction (MAF sampling, IAF density):
-            ``"exact"`` or ``"jacobi"`` (see
-            :meth:`jaxmaf.MaskedAutoregressive.forward_jacobi`).
-          tol: Jacobi stopping threshold (0: the exact fixed point).
-          update_batch_stats: batch norm in train mode also moves its running
-            averages when the density direction (``inverse``) runs (see
-            :meth:`update_batch_stats`); off, evaluating changes nothing.
+          method: as in :meth:`jaxmaf.Flow.bijector`.
+          tol: as in :meth:`jaxmaf.Flow.bijector`.
+          update_batch_stats: as in :meth:`jaxmaf.Flow.bijector`.
 
         Returns:
           a :class:`distrax.Chain` (base side last); event_ndims_in = 1.
