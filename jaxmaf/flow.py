@@ -44,8 +44,10 @@ class Flow(Density, Sampling, nnx.Module):
         autoregressive layers' MADEs take it), else 0.
 
     Raises:
-      ValueError: a layer without a ``bijector`` method; no layers; a
-        ``context_dim`` that differs from an autoregressive layer's.
+      ValueError: a base without ``dim``, ``log_prob``, ``sample`` or
+        ``distribution``; a layer without a ``bijector`` method; no layers; a
+        MADE whose ``dim`` or ``context_dim`` differs from the base's or the
+        flow's.
 
     Examples:
       >>> made = lambda: jaxmaf.MADE(2, (16,), 2, rngs=nnx.Rngs(0))
@@ -58,6 +60,13 @@ class Flow(Density, Sampling, nnx.Module):
 
     def __init__(self, base: nnx.Module, layers: Sequence[nnx.Module], *, context_dim: int = 0):
         self.context_dim = check_int("context_dim", context_dim, minimum=0)
+        missing = [a for a in ("dim", "log_prob", "sample", "distribution") if not hasattr(base, a)]
+        if missing:
+            raise ValueError(
+                f"Expected base to be a base distribution (e.g. jaxmaf.StandardNormal(dim)) with "
+                f"dim, log_prob, sample and distribution, got a {type(base).__name__} (missing "
+                f"{missing})."
+            )
         layers = list(layers)
         if not layers:
             raise ValueError("Expected at least one layer, got none.")
@@ -65,7 +74,7 @@ class Flow(Density, Sampling, nnx.Module):
             if not isinstance(layer, Layer):
                 raise ValueError(
                     f"Expected layers[{i}] to be a flow layer (an NNX module with a bijector "
-                    f"method, e.g. jaxmaf.AutoregressiveLayer), got {layer!r}."
+                    f"method, e.g. jaxmaf.AutoregressiveLayer), got a {type(layer).__name__}."
                 )
             made = getattr(layer, "conditioner", None)
             if isinstance(made, MADE) and (made.dim, made.context_dim) != (

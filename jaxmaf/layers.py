@@ -94,7 +94,9 @@ class AutoregressiveLayer(nnx.Module):
         self, conditioner: MADE, transformer: str | Transformer = "affine", inverted: bool = False
     ):
         if not isinstance(conditioner, MADE):
-            raise ValueError(f"Expected conditioner to be a jaxmaf.MADE, got {conditioner!r}.")
+            raise ValueError(
+                f"Expected conditioner to be a jaxmaf.MADE, got a {type(conditioner).__name__}."
+            )
         transformer = get_transformer(transformer)
         if conditioner.num_params != transformer.num_params:
             raise ValueError(

@@ -110,6 +110,11 @@ def test_bad_layers_are_refused_by_name(layers, kwargs, match):
         jaxmaf.Flow(jaxmaf.StandardNormal(3, jnp.float32), layers, **kwargs)
 
 
+def test_a_base_that_is_not_a_distribution_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"Expected base to be a base distribution.*missing"):
+        jaxmaf.Flow(made(), [jaxmaf.AutoregressiveLayer(made())])
+
+
 def test_bad_layer_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match="conditioner to be a jaxmaf.MADE"):
         jaxmaf.AutoregressiveLayer(lambda x: x)
