@@ -15,8 +15,10 @@ draws its validation set from the data it is given, and the comparison needs
 the SAME validation set for both. The loop keeps ``fit_to_data``'s
 per-step calls and its batching (the last partial batch of an epoch is
 dropped) and validates on the whole validation set every epoch, as
-``jaxmaf.fit`` does; both stop once ``patience`` epochs pass without a new
-best validation loss.
+``jaxmaf.fit`` does. flowjax stops once ``patience`` epochs pass without a
+new best validation loss; jaxmaf with its own rule, which counts only epochs
+evidently worse than the best (``fit(patience_se=1.0)``, measured against the
+classic rule by ``--variants patience_classic``). Both share the epoch cap.
 
 ``--variants`` fits jaxmaf variants that change one factor from the defaults
 (the ablation behind the defaults); ``--no-flowjax`` skips flowjax.
@@ -181,6 +183,16 @@ VARIANTS: dict[str, tuple] = {
     "ema_3": ("parameter average over 3 epochs", {}, {"ema_epochs": 3.0}),
     "ema_16": ("parameter average over 16 epochs", {}, {"ema_epochs": 16.0}),
     "patience_none": ("no early stopping (best epoch of all)", {}, {"patience": None}),
+    "patience_classic": (
+        "every epoch without a new best counts towards patience (the former rule)",
+        {},
+        {"patience_se": None},
+    ),
+    "patience_se_2": (
+        "patience counts epochs worse than the best by two standard errors",
+        {},
+        {"patience_se": 2.0},
+    ),
     "patience_10": ("patience 10", {}, {"patience": 10}),
     "clip_5": (
         "Adam after clipping the gradient norm at 5",

@@ -363,6 +363,7 @@ def train_jaxmaf(task, theta, x, seed, epochs, transformer="affine"):
         batch_size=BATCH,
         num_epochs=epochs,
         patience=PATIENCE,
+        patience_se=None,  # sbi's rule: every epoch without a new best counts
         standardize=True,
         seed=seed,
         progress=False,

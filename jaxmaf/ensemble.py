@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from jaxmaf.averaging import DEFAULT_EMA_EPOCHS, ema_decay, with_parameter_average
-from jaxmaf.epochs import STATIC, epoch_body, eval_loss, place, prepare, split_modes
+from jaxmaf.epochs import STATIC, against, epoch_body, judge_rows, place, prepare, split_modes
 from jaxmaf.history import History
 from jaxmaf.optimizers import is_transformation
 from jaxmaf.progress import progress_bar
@@ -36,7 +36,7 @@ def _ensemble_epoch(
     rest,
     opt_state,
     keys,
-    best,
+    kept,
     best_loss,
     active,
     data,
@@ -56,8 +56,12 @@ def _ensemble_epoch(
 
     With ``averaged``, the optimizer state holds a parameter average
     (:func:`with_parameter_average`) and each member's candidate is the better
-    of its last iterate and its average.
+    of its last iterate and its average. ``kept`` is ``(best, best_rows)``: the
+    parameters kept so far and their per-point NLL on the judged data, against
+    which each candidate's gain and its standard error are returned (for
+    ``patience_se``).
     """
+    best, best_rows = kept
     body = functools.partial(
         epoch_body,
         graphdef=graphdef,
@@ -74,19 +78,32 @@ def _ensemble_epoch(
         update, (new_params, new_rest, new_opt), (params, rest, opt_state)
     )
     judge, judge_context = (data, context) if val_data is None else (val_data, val_context)
-    evaluate = jax.vmap(lambda p, r: eval_loss(p, r, judge, judge_context, graphdef=eval_graphdef))
-    loss = evaluate(params, rest)
+    evaluate = jax.vmap(lambda p, r: judge_rows(p, r, judge, judge_context, graphdef=eval_graphdef))
+    rows = evaluate(params, rest)
     candidate, use_average = params, jnp.zeros_like(update)
     if averaged:
-        loss_avg = evaluate(opt_state.average, rest)
+        rows_avg = evaluate(opt_state.average, rest)
+        loss, loss_avg = rows.mean(-1), rows_avg.mean(-1)
         use_average = jnp.isfinite(loss_avg) & ~(loss_avg >= loss)
-        loss = jnp.where(use_average, loss_avg, loss)
+        rows = _select(use_average, rows_avg, rows)
         candidate = _select(use_average, opt_state.average, params)
+    loss, gain, se = jnp.moveaxis(against(rows, best_rows), -1, 0)
     val_loss = loss if val_data is not None else jnp.full_like(train_loss, jnp.nan)
     improved = update & jnp.isfinite(loss) & (loss < best_loss)
-    best = _select(improved, (candidate, rest), best)
+    best, best_rows = _select(improved, ((candidate, rest), rows), (best, best_rows))
     best_loss = jnp.where(improved, loss, best_loss)
-    return params, rest, opt_state, keys, best, best_loss, train_loss, val_loss, use_average
+    return (
+        params,
+        rest,
+        opt_state,
+        keys,
+        (best, best_rows),
+        best_loss,
+        train_loss,
+        val_loss,
+        use_average,
+        jnp.stack([gain, se]),
+    )
 
 
 def fit_ensemble(
@@ -103,6 +120,7 @@ def fit_ensemble(
     batch_size: int = 256,
     num_epochs: int = 100,
     patience: int | None = None,
+    patience_se: float | None = 1.0,
     ema_epochs: float | None = DEFAULT_EMA_EPOCHS,
     progress: bool = True,
     devices: Sequence[jax.Device] | None = None,
@@ -135,6 +153,7 @@ def fit_ensemble(
       batch_size: as in :func:`fit`.
       num_epochs: as in :func:`fit`.
       patience: as in :func:`fit`, per member.
+      patience_se: as in :func:`fit`, per member.
       ema_epochs: as in :func:`fit`, per member (each keeps its own average).
       progress: as in :func:`fit`.
       devices: as in :func:`fit` (every member's batch is split across them).
@@ -164,6 +183,8 @@ def fit_ensemble(
     seeds = [check_int("seeds entry", s, minimum=0) for s in seeds]
     if ema_epochs is not None:
         ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
+    if patience_se is not None:
+        patience_se = check_float("patience_se", patience_se, low=0.0, low_open=False)
     if not seeds:
         raise ValueError("Expected at least one seed, got none.")
     shared = is_transformation(optimizer)
@@ -216,7 +237,10 @@ def fit_ensemble(
         hyperparams["learning_rate"] = jnp.asarray(lrs, jax.tree.leaves(params)[0].dtype)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     m = len(seeds)
-    best, best_loss = (params, rest), jnp.full((m,), jnp.inf, jax.tree.leaves(params)[0].dtype)
+    dtype = jax.tree.leaves(params)[0].dtype
+    best_loss = jnp.full((m,), jnp.inf, dtype)
+    judged = run.data if run.val_data is None else run.val_data
+    best = ((params, rest), jnp.full((m, judged.shape[0]), jnp.inf, dtype))
     active = np.ones(m, bool)
     histories = [History() for _ in seeds]
     since_best = np.zeros(m, int)
@@ -229,7 +253,7 @@ def fit_ensemble(
     try:
         for epoch in range(num_epochs):
             t0 = time.perf_counter()
-            params, rest, opt_state, keys, best, best_loss, tl, vl, avg = _ensemble_epoch(
+            params, rest, opt_state, keys, best, best_loss, tl, vl, avg, gain_se = _ensemble_epoch(
                 params,
                 rest,
                 opt_state,
@@ -249,7 +273,7 @@ def fit_ensemble(
                 batch_sharding=run.batch_sharding,
                 averaged=decay is not None,
             )
-            tl, vl, bl, avg = (np.asarray(a) for a in (tl, vl, best_loss, avg))
+            tl, vl, bl, avg, (gain, se) = (np.asarray(a) for a in (tl, vl, best_loss, avg, gain_se))
             dt = time.perf_counter() - t0
             for i, h in enumerate(histories):
                 if not active[i]:
@@ -270,8 +294,8 @@ def fit_ensemble(
                 h.epoch_time.append(dt)
                 if bl[i] < h.best_loss:
                     h.best_loss, h.best_epoch, since_best[i] = float(bl[i]), epoch, 0
-                else:
-                    since_best[i] += 1
+                elif patience_se is None or not gain[i] > -patience_se * se[i]:
+                    since_best[i] += 1  # as fit: an epoch within noise of the best is not counted
                 if patience is not None and since_best[i] >= patience and epoch < num_epochs - 1:
                     h.stop_reason, active[i] = "early_stopping", False
             if bar is not None:
@@ -289,7 +313,7 @@ def fit_ensemble(
         for i, (flow, h) in enumerate(zip(flows, histories, strict=True)):
             h.wall_time = wall
             if h.best_epoch >= 0:
-                nnx.update(flow, *jax.tree.map(lambda a, i=i: a[i], best))
+                nnx.update(flow, *jax.tree.map(lambda a, i=i: a[i], best[0]))
     return flows, histories
 
 

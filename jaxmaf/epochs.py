@@ -124,6 +124,7 @@ def train_epoch(
     context,
     judge_data,
     judge_context,
+    kept_rows,
     *,
     graphdef,
     eval_graphdef,
@@ -135,9 +136,11 @@ def train_epoch(
 ):
     """One epoch and its judgement, in one program (one dispatch and one sync per epoch).
 
-    Returns the new state, the epoch's mean training loss and the NLL on
-    ``judge_data`` of the last iterate and (with ``averaged``) of the
-    parameter average held in the optimizer state (NaN without it).
+    Returns the new state, the epoch's mean training loss, ``stats`` (2, 3):
+    for the last iterate and (with ``averaged``) the parameter average held in
+    the optimizer state (NaN without it), :func:`against` the per-point NLL
+    ``kept_rows`` of the parameters kept so far; and the two per-point NLLs
+    on ``judge_data``.
     """
     params, rest, opt_state, key, train_loss = epoch_body(
         params,
@@ -152,20 +155,39 @@ def train_epoch(
         num_batches,
         batch_sharding,
     )
-    ones = jnp.ones(judge_data.shape[0], judge_data.dtype)
-    loss = _loss(params, rest, eval_graphdef, judge_data, judge_context, ones)[0]
-    loss_avg = (
-        _loss(opt_state.average, rest, eval_graphdef, judge_data, judge_context, ones)[0]
+    rows = _rows(params, rest, eval_graphdef, judge_data, judge_context)
+    rows_avg = (
+        _rows(opt_state.average, rest, eval_graphdef, judge_data, judge_context)
         if averaged
-        else jnp.full_like(loss, jnp.nan)
+        else jnp.full_like(rows, jnp.nan)
     )
-    return params, rest, opt_state, key, train_loss, jnp.stack([loss, loss_avg])
+    stats = jnp.stack([against(rows, kept_rows), against(rows_avg, kept_rows)])
+    return params, rest, opt_state, key, train_loss, stats, (rows, rows_avg)
+
+
+def _rows(params, rest, graphdef, x, c):
+    """Per-point NLL ``(M,)`` (``graphdef`` in eval mode: batch norm uses running averages)."""
+    flow = nnx.merge(graphdef, params, rest, copy=True)
+    return -flow.update_batch_stats(x, context=c)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def eval_loss(params, rest, data, context, *, graphdef):
-    """Validation NLL; ``graphdef`` is the eval-mode one (batch norm uses running averages)."""
-    return _loss(params, rest, graphdef, data, context, jnp.ones(data.shape[0], data.dtype))[0]
+def judge_rows(params, rest, data, context, *, graphdef):
+    """Per-point NLL ``(M,)`` of ``data``; ``graphdef`` is the eval-mode one."""
+    return _rows(params, rest, graphdef, data, context)
+
+
+def against(rows, kept_rows):
+    """``[mean NLL, mean gain over the kept rows, its standard error]`` of a candidate.
+
+    The gain is paired point by point (``kept_rows - rows``), so the standard
+    error measures how much the two parameter sets disagree, not how spread
+    the points are.
+    """
+    gain = kept_rows - rows
+    m = gain.shape[-1]
+    se = jnp.std(gain, axis=-1) / jnp.sqrt(max(m - 1, 1))
+    return jnp.stack([jnp.mean(rows, axis=-1), jnp.mean(gain, axis=-1), se], axis=-1)
 
 
 def split_modes(flow):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -26,7 +27,7 @@ from jaxmaf.averaging import (
     with_parameter_average,
 )
 from jaxmaf.ensemble import fit_ensemble
-from jaxmaf.epochs import check_data, place, prepare, split_modes, train_epoch
+from jaxmaf.epochs import check_data, judge_rows, place, prepare, split_modes, train_epoch
 from jaxmaf.history import History
 from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
@@ -64,6 +65,7 @@ def fit(
     batch_size: int = 256,
     num_epochs: int = 100,
     patience: int | None = None,
+    patience_se: float | None = 1.0,
     ema_epochs: float | None = DEFAULT_EMA_EPOCHS,
     seed: int = 0,
     progress: bool = True,
@@ -101,9 +103,20 @@ def fit(
       optimizer: an Optax transformation (default ``optax.adam(1e-3)``).
       batch_size: minibatch size >= 1 (capped at N).
       num_epochs: number of epochs >= 1.
-      patience: stop when the loss that judges the best epoch (validation
-        NLL, else training-set NLL) has not improved for this many epochs
-        (None: never).
+      patience: stop after this many epochs that did not improve on the best
+        one (None: never). The loss that judges them is the validation NLL,
+        else the training-set NLL; see ``patience_se`` for which epochs count.
+      patience_se: an epoch counts towards ``patience`` only if its loss is
+        above the best epoch's by more than this many standard errors of
+        their per-point difference (paired over the judged points): an epoch
+        within noise of the best is a plateau, not a sign of overfitting, and
+        training goes on (at most ``num_epochs``). None: every epoch without
+        a new best counts. Over 6 seeds on ``benchmarks/accuracy.py`` the
+        default 1.0 lowered the test NLL on five 2-d data sets (circles by
+        0.08 nats, four others by 0.01-0.02) and changed nothing on the
+        others, where the validation loss rises clearly once training
+        overfits (docs/benchmarks.md). With many validation points the
+        standard error is small and the rule is the classic one.
       ema_epochs: also keep an exponential moving average of the parameters
         with this time constant in epochs (see
         :func:`with_parameter_average`), and judge both it and the last
@@ -193,6 +206,8 @@ def fit(
     seed = check_int("seed", seed, minimum=0)
     if ema_epochs is not None:
         ema_epochs = check_float("ema_epochs", ema_epochs, low=0.0)
+    if patience_se is not None:
+        patience_se = check_float("patience_se", patience_se, low=0.0, low_open=False)
     optimizer = check_optimizer(optimizer)
     decay = ema_decay(ema_epochs, run.num_batches)
     if decay is not None:
@@ -234,6 +249,13 @@ def fit(
         )
 
     judge = (run.data, run.context) if run.val_data is None else (run.val_data, run.val_context)
+    # the per-point NLL of the kept parameters, against which patience_se judges each epoch
+    if history.best_epoch >= 0:
+        kept_rows = judge_rows(*best, *judge, graphdef=eval_graphdef)
+    else:
+        kept_rows = jnp.full(judge[0].shape[0], jnp.inf, judge[0].dtype)
+        if run.replicated is not None:
+            kept_rows = place(kept_rows, run.replicated)
     bar = progress_bar(num_epochs, start_epoch) if progress else None
     start = time.perf_counter() - history.wall_time
     try:
@@ -242,7 +264,7 @@ def fit(
                 history.stop_reason = "early_stopping"
                 break
             t0 = time.perf_counter()
-            new_params, new_rest, new_opt_state, new_key, train_loss, losses = train_epoch(
+            out = train_epoch(
                 params,
                 rest,
                 opt_state,
@@ -250,6 +272,7 @@ def fit(
                 run.data,
                 run.context,
                 *judge,
+                kept_rows,
                 graphdef=graphdef,
                 eval_graphdef=eval_graphdef,
                 optimizer=optimizer,
@@ -258,6 +281,7 @@ def fit(
                 batch_sharding=run.batch_sharding,
                 averaged=decay is not None,
             )
+            new_params, new_rest, new_opt_state, new_key, train_loss, stats, rows = out
             train_loss = float(train_loss)
             if not math.isfinite(train_loss):
                 history.stop_reason = "non_finite"
@@ -272,19 +296,21 @@ def fit(
             history.train_loss.append(train_loss)
             # judged on the validation data, else on the whole training set (the parameters
             # kept are judged by their own loss, not by the epoch's running mean)
-            loss, loss_avg = (float(v) for v in np.asarray(losses))
-            candidate, averaged = (params, rest), False
+            stats = np.asarray(stats)
+            loss, loss_avg = float(stats[0, 0]), float(stats[1, 0])
+            candidate, averaged, which = (params, rest), False, 0
             if math.isfinite(loss_avg) and not loss_avg >= loss:  # NaN raw: take the average
-                loss, candidate, averaged = loss_avg, (opt_state.average, rest), True
+                loss, candidate, averaged, which = loss_avg, (opt_state.average, rest), True, 1
+            gain, se = float(stats[which, 1]), float(stats[which, 2])
             history.averaged.append(averaged)
             if run.val_data is not None:
                 history.val_loss.append(loss)
             history.epoch_time.append(time.perf_counter() - t0)
             if math.isfinite(loss) and loss < history.best_loss:
                 history.best_loss, history.best_epoch, best = loss, epoch, candidate
-                since_best = 0
-            else:
-                since_best += 1
+                kept_rows, since_best = rows[which], 0
+            elif patience_se is None or not gain > -patience_se * se:
+                since_best += 1  # evidently worse than the kept parameters (or the classic rule)
             history.wall_time = time.perf_counter() - start
             if ckpt is not None:
                 save_state(
