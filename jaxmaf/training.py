@@ -171,7 +171,8 @@ def fit(
       ValueError: before any training, for data of the wrong shape, empty,
         or with NaN/inf; context missing, unexpected, mismatched in length or
         width; ``batch_size < 1``; ``num_epochs < 1``; ``patience < 1``
-        (bools are refused for all three); ``seed`` not an integer >= 0; an
+        (bools are refused for all three); ``patience_se`` negative or not
+        finite; ``seed`` not an integer >= 0; an
         ``optimizer`` without Optax's ``init``/``update``;
         ``batch_size`` not divisible by the number of devices;
         ``checkpoint_dir`` that is a file or cannot be written; ``resume``

@@ -145,6 +145,7 @@ def test_bad_fit_arguments_are_refused_before_training(case):
         (dict(optimizer=optax.adam(1e-3), learning_rate=1e-2), "rate is fixed"),
         (dict(optimizer="adam"), "factory"),
         (dict(seeds=[0, 1.5]), "seeds"),
+        (dict(patience_se=-0.5), "patience_se"),
     ],
 )
 def test_bad_ensemble_arguments_are_refused(kwargs, match):

@@ -120,6 +120,8 @@ def _params(flow):
         (dict(batch_size=True), "batch_size to be an integer >= 1, got True"),
         (dict(num_epochs=2.0), "num_epochs to be an integer >= 1, got 2.0"),
         (dict(patience=True), "patience to be None or an integer >= 1, got True"),
+        (dict(patience_se=-1.0), "patience_se .*got -1.0"),
+        (dict(patience_se=float("nan")), "patience_se"),
         (dict(data=np.ones((5, 2)) * (1 + 1j)), r"real data, got complex values"),
         (dict(validation_data=np.ones((5, 2), complex)), r"real validation_data, got complex"),
         (dict(data=np.array([["a", "b"]] * 5)), "numeric data, got dtype <U1"),
