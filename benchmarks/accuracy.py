@@ -147,8 +147,16 @@ VARIANTS: dict[str, tuple] = {
         {"init": "lecun_normal", "output_init_scale": 0.0},
         {},
     ),
-    "init_zero": ("output layer exactly zero (the default)", {"output_init_scale": 0.0}, {}),
-    "init_0.3": ("output layer 0.3 x its uniform draw", {"output_init_scale": 0.3}, {}),
+    "init_zero": (
+        "output layer exactly zero (the default above 2-d)",
+        {"output_init_scale": 0.0},
+        {},
+    ),
+    "init_0.3": (
+        "output layer 0.3 x its uniform draw (the default in 2-d)",
+        {"output_init_scale": 0.3},
+        {},
+    ),
     "init_flowjax": (
         "flowjax's: the output layer drawn like the hidden ones",
         {"output_init_scale": 1.0},

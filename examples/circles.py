@@ -92,9 +92,10 @@ def main(argv=None):
     plotting.plot_samples(ax[0, 0], data.train, "circles (train, standardized)", LIM, "black")
     plotting.save(fig, out("data.png"))
 
-    # 2. untrained single-layer MAF, ReLU vs sigmoid. Trained flows start at the identity
-    # (zero output layer); to show what an untrained MADE computes, this one draws its output
-    # layer like its hidden ones (output_init_scale=1, flowjax's initialisation).
+    # 2. untrained single-layer MAF, ReLU vs sigmoid. The trained 2-d flows below draw their
+    # output layer at 0.3 of the hidden layers' scale (jaxmaf's default in 2-d); to show what
+    # an untrained MADE computes, this one draws it like its hidden ones (output_init_scale=1,
+    # flowjax's initialisation).
     fig, ax = plotting.subplots(1, 2, 4)
     for i, act in enumerate(("relu", "sigmoid")):
         flow = jaxmaf.MAF(
@@ -103,7 +104,7 @@ def main(argv=None):
         plotting.plot_density(ax[0, i], flow.log_prob, f"untrained 1-layer MAF, {act}", LIM)
     fig.suptitle(
         "Untrained, with a random output layer (output_init_scale=1; "
-        "jaxmaf's default starts at the identity)",
+        "jaxmaf's 2-d default draws it at 0.3)",
         fontsize=9,
     )
     plotting.save(fig, out("untrained_density.png"))

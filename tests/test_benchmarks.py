@@ -65,7 +65,7 @@ def test_accuracy_quick_writes_per_seed_nll(tmp_path):
             "--datasets",
             "pinwheel",
             "--variants",
-            "init_zero",
+            "init_0.3",
             "--seeds",
             "1",
             "--out",
@@ -82,12 +82,12 @@ def test_accuracy_quick_writes_per_seed_nll(tmp_path):
     diff = entry["jaxmaf"][0] - entry["flowjax"][0]
     assert math.isclose(entry["paired_diff"], diff, rel_tol=1e-9, abs_tol=1e-12)
     assert result["mean_paired_diff"] == entry["paired_diff"]
-    # The identity start is the standard normal, about D/2 log(2 pi e) nats on standardized
+    # The start is near the standard normal, about D/2 log(2 pi e) nats on standardized
     # data; three epochs stay near it (a wrong log-det sign or density is far off).
     assert max(entry["jaxmaf"]) < 1.4189385 * entry["dim"] + 0.5
-    # init_zero is today's default (zero output layer): the variant repeats the default exactly.
-    assert entry["variants"]["init_zero"]["nll"] == entry["jaxmaf"]
-    assert set(result["ablation"]) == {"init_zero"}
+    # init_0.3 is today's 2-d default (output_init_scale=None): it repeats the default exactly.
+    assert entry["variants"]["init_0.3"]["nll"] == entry["jaxmaf"]
+    assert set(result["ablation"]) == {"init_0.3"}
 
 
 def test_interactive_quick_finds_no_recompilation(tmp_path):

@@ -274,6 +274,32 @@ def test_zero_output_init_is_identity():
     np.testing.assert_allclose(ld, 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "cls,dim,context_dim,scale",
+    [
+        (jaxmaf.MAF, 1, 0, 0.3),
+        (jaxmaf.MAF, 2, 0, 0.3),
+        (jaxmaf.MAF, 3, 0, 0.0),
+        (jaxmaf.MAF, 2, 1, 0.0),
+        (jaxmaf.IAF, 2, 0, 0.0),
+    ],
+)
+def test_default_output_init_scale(cls, dim, context_dim, scale):
+    """None means 0.3 for an unconditional MAF with dim <= 2 (recorded in the config), else
+    0: the identity flow, whose log-density is the base's. An explicit value wins."""
+    flow = cls(dim, 2, (8,), context_dim=context_dim, rngs=nnx.Rngs(0))
+    assert flow.config.output_init_scale == scale
+    x = jax.random.normal(jax.random.key(0), (5, dim))
+    c = jnp.ones((5, context_dim)) if context_dim else None
+    base = jax.scipy.stats.norm.logpdf(x).sum(-1)
+    identity = np.allclose(flow.log_prob(x, context=c), base, atol=1e-5)
+    assert identity == (scale == 0.0)
+    same = cls(dim, 2, (8,), context_dim=context_dim, output_init_scale=scale, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(same.log_prob(x, context=c), flow.log_prob(x, context=c))
+    explicit = cls(dim, 2, (8,), context_dim=context_dim, output_init_scale=0.7, rngs=nnx.Rngs(0))
+    assert explicit.config.output_init_scale == 0.7
+
+
 # ---------------------------------------------------------------- dtype and errors
 @pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
 def test_float64_end_to_end(cls, x64):
