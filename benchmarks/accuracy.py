@@ -21,7 +21,9 @@ evidently worse than the best (``fit(patience_se=1.0)``, measured against the
 classic rule by ``--variants patience_classic``). Both share the epoch cap.
 
 ``--variants`` fits jaxmaf variants that change one factor from the defaults
-(the ablation behind the defaults); ``--no-flowjax`` skips flowjax.
+(the ablation behind the defaults); ``perm_draw_M`` swaps the default
+permutations for another fixed draw (``mask_seed=M``), and ``A+B`` makes the
+changes of A and B together. ``--no-flowjax`` skips flowjax.
 
 Data sets (``--datasets suite``, the default): the circles of the examples
 (the circles example's split), pinwheel, two spirals, four rings, the swiss
@@ -66,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         default="default",
         help="comma-separated jaxmaf variants, each one change from the defaults (the names "
-        "are the keys of VARIANTS in this file, e.g. ema_off,patience_none)",
+        "are the keys of VARIANTS in this file, e.g. ema_off,patience_none; perm_draw_M for "
+        "the permutations of mask_seed=M; A+B for two changes together)",
     )
     p.add_argument("--no-flowjax", action="store_true")
     p.add_argument(
@@ -219,8 +222,43 @@ VARIANTS: dict[str, tuple] = {
 }
 
 
+def variant_spec(name: str) -> tuple:
+    """``(description, flow kwargs or a function of the dimension, fit kwargs, *hooks)``.
+
+    Besides the keys of VARIANTS: ``perm_draw_M``, the permutations of
+    ``permutation="random", mask_seed=M`` (one fixed draw, the same for every
+    seed, as ``"auto"``'s is), and ``A+B``, the changes of A and B together.
+
+    Raises:
+      KeyError: an unknown name.
+    """
+    if "+" in name:
+        parts = [variant_spec(part) for part in name.split("+")]
+        flow_parts = [part[1] for part in parts]
+
+        def flow_kwargs(dim):
+            merged = {}
+            for kw in flow_parts:
+                merged |= kw(dim) if callable(kw) else kw
+            return merged
+
+        fit_kwargs = {}
+        for part in parts:
+            fit_kwargs |= part[2]
+        hooks = [hook for part in parts for hook in part[3:]]
+        return (" and ".join(part[0] for part in parts), flow_kwargs, fit_kwargs, *hooks)
+    if name.startswith("perm_draw_") and name[len("perm_draw_") :].isdigit():
+        m = int(name[len("perm_draw_") :])
+        return (
+            f"permutations of one other fixed draw (mask_seed={m})",
+            {"permutation": "random", "mask_seed": m},
+            {},
+        )
+    return VARIANTS[name]
+
+
 def fit_jaxmaf(data, dim, args, seed, variant):
-    _, flow_kwargs, fit_kwargs, *hook = VARIANTS[variant]
+    _, flow_kwargs, fit_kwargs, *hook = variant_spec(variant)
     if callable(flow_kwargs):  # a function of the dimension
         flow_kwargs = flow_kwargs(dim)
     fit_kwargs = dict(fit_kwargs)
@@ -360,7 +398,7 @@ def markdown(result, use_flowjax, variants):
             d = [result["datasets"][n]["variants"][v]["diff_vs_default"] for n in names]
             cells = [f"{m:+.3f} +- {se:.3f}" for m, se in d]
             rows.append(
-                f"| {VARIANTS[v][0]} | "
+                f"| {variant_spec(v)[0]} | "
                 + " | ".join(cells)
                 + f" | {statistics.fmean(m for m, _ in d):+.3f} |"
             )
@@ -384,10 +422,13 @@ def main():
             )
     variants = args.variants.split(",")
     for v in variants:
-        if v not in VARIANTS:
+        try:
+            variant_spec(v)
+        except KeyError:
             raise SystemExit(
-                f"accuracy.py: error: unknown variant {v!r}: expected one of {', '.join(VARIANTS)}"
-            )
+                f"accuracy.py: error: unknown variant {v!r}: expected one of "
+                f"{', '.join(VARIANTS)}, perm_draw_M (M an integer) or A+B"
+            ) from None
     if "default" not in variants:
         variants.insert(0, "default")
     use_flowjax = not args.no_flowjax
@@ -484,7 +525,7 @@ def main():
             result["ablation"][variant] = {"mean_diff": statistics.fmean(d), "per_dataset": d}
             print(
                 f"  {variant:18s} {statistics.fmean(d):+.4f}  (worse than default on "
-                f"{worse}/{len(d)}) {VARIANTS[variant][0]}"
+                f"{worse}/{len(d)}) {variant_spec(variant)[0]}"
             )
     print("\n" + markdown(result, use_flowjax, variants))
     print(f"wrote {write_json(result, args.out)}")

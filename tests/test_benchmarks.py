@@ -142,3 +142,26 @@ def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
     # KL(q || p) >= 0 up to Monte Carlo error; 200 steps from the base leave it well under
     # the KL of the standard normal base itself (1.0 nats for this banana).
     assert -0.01 < entry["kl_20000_samples"]["adam"] < 0.5
+
+
+def test_accuracy_variant_names_combine_changes():
+    """``A+B`` merges the changes of A and B; ``perm_draw_M`` is one fixed random draw."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "accuracy_bench", os.path.join(ROOT, "benchmarks", "accuracy.py")
+    )
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    _, flow_kwargs, fit_kwargs, *hooks = accuracy.variant_spec("init_sqrt2_over_d+perm_draw_3")
+    assert flow_kwargs(8) == {"output_init_scale": 0.5, "permutation": "random", "mask_seed": 3}
+    assert fit_kwargs == {} and hooks == []
+    _, flow_kwargs, fit_kwargs, *hooks = accuracy.variant_spec("bias_zero+ema_off")
+    assert flow_kwargs(4) == {} and fit_kwargs == {"ema_epochs": None}
+    assert hooks == [accuracy.zero_bias]
+    try:
+        accuracy.variant_spec("perm_draw_x")
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("an unknown variant name was accepted")
