@@ -226,6 +226,28 @@ def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
     return centres + rng.normal(0.0, 0.2, (n, 2))
 
 
+def _banana(n: int, rng: np.random.Generator) -> np.ndarray:
+    x1 = rng.normal(0.0, 1.0, n)
+    return np.stack([x1, 0.5 * x1**2 + rng.normal(0.0, 0.25, n)], -1)
+
+
+def _grid(n: int, rng: np.random.Generator) -> np.ndarray:
+    centres = rng.integers(5, size=(n, 2)).astype(float)
+    return centres + rng.normal(0.0, 0.1, (n, 2))
+
+
+def _s_curve(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = 3 * np.pi * (rng.uniform(size=n) - 0.5)
+    x = np.stack([np.sin(t), 2.0 * rng.uniform(size=n), np.sign(t) * (np.cos(t) - 1)], -1)
+    return x + rng.normal(0.0, 0.1, x.shape)
+
+
+def _helix(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = rng.uniform(0, 4 * np.pi, n)
+    x = np.stack([np.cos(t), np.sin(t), t / (2 * np.pi)], -1)
+    return x + rng.normal(0.0, 0.1, x.shape)
+
+
 TOY_2D = {
     "pinwheel": _pinwheel,
     "two_spirals": _two_spirals,
@@ -234,7 +256,10 @@ TOY_2D = {
     "moons": _moons,
     "checkerboard": _checkerboard,
     "eight_gaussians": _eight_gaussians,
+    "banana": _banana,
+    "grid": _grid,
 }
+TOY_3D = {"s_curve": _s_curve, "helix": _helix}
 
 
 def toy_2d(
@@ -249,7 +274,8 @@ def toy_2d(
     The shapes common in the flow literature: ``"pinwheel"`` (five curved
     arms), ``"two_spirals"``, ``"rings"`` (four concentric circles),
     ``"swiss_roll"`` (its two-dimensional spiral), ``"moons"``,
-    ``"checkerboard"`` and ``"eight_gaussians"``.
+    ``"checkerboard"``, ``"eight_gaussians"``, ``"banana"`` (a Gaussian bent
+    into a parabola) and ``"grid"`` (25 tight Gaussians on a 5 x 5 grid).
 
     Args:
       name: one of :data:`TOY_2D`.
@@ -271,6 +297,42 @@ def toy_2d(
     if name not in TOY_2D:
         raise ValueError(f"Unknown toy data set {name!r}: expected one of {sorted(TOY_2D)}.")
     x = TOY_2D[name](n_samples, np.random.default_rng(seed))
+    return split(_standardize(x).astype(dtype), sizes, seed)
+
+
+def toy_3d(
+    name: str,
+    n_samples: int = 3000,
+    sizes: tuple[int, int, int] = (2000, 500, 500),
+    seed: int = 0,
+    dtype: DTypeLike = np.float32,
+) -> Split:
+    """A three-dimensional toy density: a noisy curve or surface, standardized and split.
+
+    ``"s_curve"`` (scikit-learn's S-shaped surface, drawn here) and
+    ``"helix"`` (two turns of a helix), each with Gaussian noise of 0.1 on
+    every coordinate.
+
+    Args:
+      name: one of :data:`TOY_3D`.
+      n_samples: number of points generated.
+      sizes: ``(n_train, n_val, n_test)``.
+      seed: seed of the points and of the split.
+      dtype: dtype of the arrays.
+
+    Returns:
+      a :class:`Split` of ``(n, 3)`` arrays.
+
+    Raises:
+      ValueError: an unknown name.
+
+    Examples:
+      >>> toy_3d("helix").test.shape
+      (500, 3)
+    """
+    if name not in TOY_3D:
+        raise ValueError(f"Unknown toy data set {name!r}: expected one of {sorted(TOY_3D)}.")
+    x = TOY_3D[name](n_samples, np.random.default_rng(seed))
     return split(_standardize(x).astype(dtype), sizes, seed)
 
 

@@ -144,8 +144,7 @@ def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
     assert -0.01 < entry["kl_20000_samples"]["adam"] < 0.5
 
 
-def test_accuracy_variant_names_combine_changes():
-    """``A+B`` merges the changes of A and B; ``perm_draw_M`` is one fixed random draw."""
+def load_accuracy_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -153,6 +152,12 @@ def test_accuracy_variant_names_combine_changes():
     )
     accuracy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(accuracy)
+    return accuracy
+
+
+def test_accuracy_variant_names_combine_changes():
+    """``A+B`` merges the changes of A and B; ``perm_draw_M`` is one fixed random draw."""
+    accuracy = load_accuracy_module()
     _, flow_kwargs, fit_kwargs, *hooks = accuracy.variant_spec("init_sqrt2_over_d+perm_draw_3")
     assert flow_kwargs(8) == {"output_init_scale": 0.5, "permutation": "random", "mask_seed": 3}
     assert fit_kwargs == {} and hooks == []
@@ -165,3 +170,21 @@ def test_accuracy_variant_names_combine_changes():
         pass
     else:
         raise AssertionError("an unknown variant name was accepted")
+
+
+def test_accuracy_shuffle_columns_reorders_every_split_alike():
+    """--shuffle-columns: one column order per seed, the same for train, validation, test."""
+    import numpy as np
+
+    accuracy = load_accuracy_module()
+    data = accuracy.datasets.tabular("iris")
+    orders = set()
+    for seed in range(4):
+        out = accuracy.shuffle_columns(data, seed)
+        perm = [int(np.flatnonzero(np.all(data.train == c[:, None], 0))[0]) for c in out.train.T]
+        assert sorted(perm) == [0, 1, 2, 3]
+        pairs = ((data.validation, out.validation), (data.test, out.test))
+        for before, after in pairs:
+            np.testing.assert_array_equal(before[:, perm], after)
+        orders.add(tuple(perm))
+    assert len(orders) > 1  # the seeds draw different orders
