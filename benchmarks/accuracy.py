@@ -585,7 +585,6 @@ def run_jobs(jobs, args, variants, use_flowjax):
         for name, seed in jobs:
             yield fit_job(name, seed, args, variants, use_flowjax)
         return
-    import concurrent.futures
     import multiprocessing
 
     # Inherited by the spawned workers, which import JAX afresh.
@@ -593,14 +592,17 @@ def run_jobs(jobs, args, variants, use_flowjax):
     os.environ["XLA_FLAGS"] = (
         f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
     )
-    with concurrent.futures.ProcessPoolExecutor(
-        args.jobs, mp_context=multiprocessing.get_context("spawn")
-    ) as pool:
-        futures = [
-            pool.submit(fit_job, name, seed, args, variants, use_flowjax) for name, seed in jobs
-        ]
-        for future in futures:
-            yield future.result()
+    # A worker that keeps compiling runs out of memory maps (LLVM's code sections: a
+    # 16-set, 10-seed run died after about 160 fits per worker), so each one is replaced
+    # after a few jobs (multiprocessing's Pool: concurrent.futures' max_tasks_per_child
+    # hung on Python 3.11).
+    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=4) as pool:
+        tasks = [(name, seed, args, variants, use_flowjax) for name, seed in jobs]
+        yield from pool.imap(_fit_job_star, tasks)
+
+
+def _fit_job_star(task):
+    return fit_job(*task)
 
 
 def write_json(result, out):
