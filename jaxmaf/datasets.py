@@ -262,6 +262,14 @@ TOY_2D = {
 TOY_3D = {"s_curve": _s_curve, "helix": _helix}
 
 
+def _toy(table: dict, name: str, n_samples: int, sizes, seed: int, dtype: DTypeLike) -> Split:
+    """Draws ``table[name]``, standardizes and splits it (``toy_2d`` and ``toy_3d``)."""
+    if name not in table:
+        raise ValueError(f"Unknown toy data set {name!r}: expected one of {sorted(table)}.")
+    x = table[name](n_samples, np.random.default_rng(seed))
+    return split(_standardize(x).astype(dtype), sizes, seed)
+
+
 def toy_2d(
     name: str,
     n_samples: int = 3000,
@@ -294,10 +302,7 @@ def toy_2d(
       >>> toy_2d("pinwheel").train.shape
       (2000, 2)
     """
-    if name not in TOY_2D:
-        raise ValueError(f"Unknown toy data set {name!r}: expected one of {sorted(TOY_2D)}.")
-    x = TOY_2D[name](n_samples, np.random.default_rng(seed))
-    return split(_standardize(x).astype(dtype), sizes, seed)
+    return _toy(TOY_2D, name, n_samples, sizes, seed, dtype)
 
 
 def toy_3d(
@@ -330,10 +335,7 @@ def toy_3d(
       >>> toy_3d("helix").test.shape
       (500, 3)
     """
-    if name not in TOY_3D:
-        raise ValueError(f"Unknown toy data set {name!r}: expected one of {sorted(TOY_3D)}.")
-    x = TOY_3D[name](n_samples, np.random.default_rng(seed))
-    return split(_standardize(x).astype(dtype), sizes, seed)
+    return _toy(TOY_3D, name, n_samples, sizes, seed, dtype)
 
 
 def dequantize(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

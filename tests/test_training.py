@@ -687,3 +687,27 @@ def test_data_parallel_fit_compiles_its_epoch_once():
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert lowered == [], f"{len(lowered)} programs lowered anew"
+
+
+@pytest.mark.parametrize(
+    "make, names, dim",
+    [("toy_2d", "TOY_2D", 2), ("toy_3d", "TOY_3D", 3)],
+)
+def test_toy_data_sets_are_standardized_splits(make, names, dim):
+    """Every toy set: the requested sizes, D columns, zero mean and unit variance over all
+    its points (the split of one standardized draw); an unknown name is refused by name."""
+    from jaxmaf import datasets
+
+    make, names = getattr(datasets, make), getattr(datasets, names)
+    for name in names:
+        data = make(name, 600, (400, 100, 100))
+        assert [x.shape for x in (data.train, data.validation, data.test)] == [
+            (400, dim),
+            (100, dim),
+            (100, dim),
+        ]
+        x = np.concatenate([data.train, data.validation, data.test]).astype(np.float64)
+        np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(x.std(0), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown toy data set 'nope': expected one of"):
+        make("nope")
