@@ -26,10 +26,10 @@ permutations for another fixed draw (``mask_seed=M``), and ``A+B`` makes the
 changes of A and B together. ``--no-flowjax`` skips flowjax.
 
 ``--shuffle-columns`` reorders each data set's columns per seed, the same
-order for both libraries. Both libraries' flows fix their variable orders
-(jaxmaf's ``permutation="auto"``, flowjax's reversals), and which order suits
-a data set is a lottery that moves a tabular set's NLL by more than the seeds
-do; with the columns reordered, the mean over seeds is also a mean over
+order for both libraries. Above 2-d jaxmaf's ``permutation="auto"`` is one
+fixed draw for every seed, while flowjax draws new permutations per seed, and
+which orders suit a data set moves a tabular set's NLL by more than the seeds
+do; with the columns reordered, jaxmaf's mean over seeds is also a mean over
 column arrangements, closer to what a data set not seen here gets.
 
 Data sets (``--datasets suite``, the default): the circles of the examples
@@ -559,9 +559,9 @@ def main():
 def shuffle_columns(data: datasets.Split, seed: int) -> datasets.Split:
     """The split with its columns in the order of seed ``seed``'s draw (the same for every row).
 
-    A flow with fixed orders (jaxmaf's ``permutation="auto"``, flowjax's reversals)
-    fits a data set's columns in one arrangement; reordering them per seed makes
-    the mean over seeds an average over arrangements as well, for both libraries.
+    A flow with fixed orders (jaxmaf's ``permutation="auto"``) fits a data set's
+    columns in one arrangement for every seed; reordering them per seed makes the
+    mean over seeds an average over arrangements as well.
     """
     perm = np.random.default_rng([seed, 7]).permutation(data.train.shape[1])
     return datasets.Split(data.train[:, perm], data.validation[:, perm], data.test[:, perm])
