@@ -209,6 +209,12 @@ VARIANTS: dict[str, tuple] = {
         {"transformer": jaxmaf.Affine(min_scale=1e-2)},
         {},
     ),
+    "batch_norm": (
+        "batch norm between layers (the MAF paper's)",
+        {"batch_norm": True},
+        {},
+    ),
+    "residual": ("residual MADEs (masked residual blocks)", {"residual": True}, {}),
     "degrees_random": ("hidden degrees random", {"hidden_degrees": "random"}, {}),
     "perm_reverse": ("reverse permutations", {"permutation": "reverse"}, {}),
     "perm_random": ("random permutations (from rngs)", {"permutation": "random"}, {}),

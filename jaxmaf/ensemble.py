@@ -163,7 +163,8 @@ def fit_ensemble(
 
     Returns:
       ``(flows, histories)``: ordinary flows with each member's best
-      parameters, and one :class:`History` each.
+      parameters (batch norm in eval mode, as in :func:`fit`), and one
+      :class:`History` each.
 
     Raises:
       ValueError: as :func:`fit`; no seeds, or a seed that is not an
@@ -315,6 +316,8 @@ def fit_ensemble(
             h.wall_time = wall
             if h.best_epoch >= 0:
                 nnx.update(flow, *jax.tree.map(lambda a, i=i: a[i], best[0]))
+            for bn in getattr(flow, "batch_norms", ()):  # as validated: running averages
+                bn.use_running_average = True
     return flows, histories
 
 

@@ -239,7 +239,8 @@ class MAF(_AutoregressiveFlow):
         other base has one, and a larger number is refused.
       batch_norm: a :class:`jaxmaf.BatchNorm` bijection between consecutive
         layers (batch statistics in train mode, running averages after
-        ``flow.eval()``; :func:`jaxmaf.fit` updates them).
+        ``flow.eval()``; :func:`jaxmaf.fit` updates them and returns the flow
+        in eval mode).
       init: how each MADE's hidden layers are drawn: ``"uniform"``
         (PyTorch's and flowjax's ``U(+-1/sqrt(fan_in))`` kernels and biases)
         or ``"lecun_normal"`` (see :class:`jaxmaf.MADE`). None: the flow's

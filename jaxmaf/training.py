@@ -165,7 +165,10 @@ def fit(
         Checkpoints are written by process 0 alone in either case.
 
     Returns:
-      a :class:`History`.
+      a :class:`History`. The flow is left with its kept parameters and, if it
+      has batch norm, in eval mode (running averages, as it was validated):
+      its density no longer depends on which points are evaluated together.
+      ``flow.train()`` switches back.
 
     Raises:
       ValueError: before any training, for data of the wrong shape, empty,
@@ -341,5 +344,7 @@ def fit(
             bar.close()
         if history.best_epoch >= 0:
             nnx.update(flow, *best)
+        for bn in getattr(flow, "batch_norms", ()):  # evaluated as validated: running averages
+            bn.use_running_average = True
         history.wall_time = time.perf_counter() - start
     return history

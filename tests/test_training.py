@@ -220,6 +220,24 @@ def test_ensemble_without_validation_members_have_their_best_loss():
         np.testing.assert_allclose(-float(flow.log_prob(x).mean()), h.best_loss, rtol=1e-5)
 
 
+def test_ensemble_members_with_batch_norm_come_back_as_validated():
+    x, xv = gaussian_data(256, 13) * 2 + 3, gaussian_data(64, 14) * 2 + 3
+    flows, hists = jaxmaf.fit_ensemble(
+        lambda rngs: jaxmaf.MAF(2, 3, (16,), batch_norm=True, rngs=rngs),
+        x,
+        validation_data=xv,
+        seeds=[0, 1],
+        batch_size=64,
+        num_epochs=4,
+        progress=False,
+    )
+    for flow, h in zip(flows, hists, strict=True):
+        assert all(bn.use_running_average for bn in flow.batch_norms)
+        lp = flow.log_prob(xv)
+        np.testing.assert_allclose(-float(lp.mean()), h.val_loss[h.best_epoch], rtol=1e-5)
+        np.testing.assert_allclose(flow.log_prob(xv[:1]), lp[:1], rtol=1e-6)
+
+
 def small_flow_from_rngs(rngs):
     return jaxmaf.MAF(2, 2, (16, 16), rngs=rngs)
 
@@ -552,14 +570,16 @@ def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
     bn = flow.batch_norms[-1]  # the data side's: its input is far from standardised
     # fit moved the running averages towards the data (20 updates at momentum 0.99)
     assert np.abs(bn.mean[...]).max() > 0.1 and np.abs(bn.var[...] - 1).max() > 0.1
-    assert not bn.use_running_average  # fit leaves the flow in the mode it found
-    flow.eval()
-    # validation used eval mode (running averages): the best epoch's value is reproduced
+    # fit hands the flow back as it was validated, in eval mode (running averages): the
+    # best epoch's validation NLL is reproduced without a call to flow.eval(), and a
+    # point's density does not depend on the points evaluated with it
+    assert bn.use_running_average
     np.testing.assert_allclose(
         -float(flow.log_prob(xv).mean()), h.val_loss[h.best_epoch], rtol=1e-9
     )
     pts = jnp.asarray(xv[:6])
     lp = flow.log_prob(pts)
+    np.testing.assert_allclose(flow.log_prob(pts[:1]), lp[:1], rtol=1e-10)
     bij = flow.bijector()
 
     def one(v):
