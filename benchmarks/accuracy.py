@@ -162,6 +162,11 @@ def zero_bias(flow, seed):
             layer.bias[...] = jnp.zeros_like(layer.bias[...])
 
 
+def zero_base_means(flow, seed):
+    """A mixture base's means at zero: with one component, flowjax's trainable Normal base."""
+    flow.base.means[...] = jnp.zeros_like(flow.base.means[...])
+
+
 # Ablation: each variant changes ONE factor of jaxmaf's defaults (flow kwargs, or a function
 # of the dimension returning them; fit kwargs, or the optimizer); "default" is the library as
 # shipped.
@@ -208,6 +213,21 @@ VARIANTS: dict[str, tuple] = {
         "softplus scale, min 1e-2",
         {"transformer": jaxmaf.Affine(min_scale=1e-2)},
         {},
+    ),
+    # flowjax itself in jaxmaf: its initial weights and permutations copied (jaxmaf_twin),
+    # trained by jaxmaf.fit with flowjax's rules (no parameter average, classic patience).
+    # Only the shuffling differs from flowjax's run: the paired differences are the noise
+    # of the comparison, what two identical learners score against each other.
+    "flowjax_twin": (
+        "flowjax's MAF and rules in jaxmaf.fit (its weights copied)",
+        {},
+        {"ema_epochs": None, "patience_se": None},
+    ),
+    "base_diag": (
+        "a trainable diagonal Gaussian base (flowjax's; one mixture component at 0)",
+        {"base": "mog", "num_components": 1},
+        {},
+        zero_base_means,
     ),
     "batch_norm": (
         "batch norm between layers (the MAF paper's)",
@@ -294,14 +314,19 @@ def fit_jaxmaf(data, dim, args, seed, variant):
     make_opt = fit_kwargs.pop("optimizer", lambda lr, steps: optax.adam(lr))
     patience = fit_kwargs.pop("patience", args.patience)
     t0 = time.perf_counter()
-    flow = jaxmaf.MAF(
-        dim,
-        args.layers,
-        (hidden_width(dim, args),) * args.depth,
-        activation="relu",
-        rngs=nnx.Rngs(seed),
-        **flow_kwargs,
-    )
+    if "flowjax_twin" in variant.split("+"):
+        if flow_kwargs:
+            raise ValueError(f"flowjax_twin takes no flow changes, got {flow_kwargs}")
+        flow = jaxmaf_twin(flowjax_maf(dim, args, flowjax_keys(seed)[1]))
+    else:
+        flow = jaxmaf.MAF(
+            dim,
+            args.layers,
+            (hidden_width(dim, args),) * args.depth,
+            activation="relu",
+            rngs=nnx.Rngs(seed),
+            **flow_kwargs,
+        )
     for h in hook:
         h(flow, seed)
     history = jaxmaf.fit(
@@ -321,17 +346,12 @@ def fit_jaxmaf(data, dim, args, seed, variant):
     return nll, elapsed, history.best_epoch
 
 
-def fit_flowjax(data, dim, args, seed):
-    import equinox as eqx
-    import paramax
+def flowjax_maf(dim, args, init_key):
+    """The MAF of flowjax at the benchmark's settings (layers, width, depth, ReLU)."""
     from flowjax.distributions import Normal
     from flowjax.flows import masked_autoregressive_flow
-    from flowjax.train.losses import MaximumLikelihoodLoss
-    from flowjax.train.train_utils import get_batches, step
 
-    t0 = time.perf_counter()
-    key, init_key = jax.random.split(jax.random.key(seed))
-    dist = masked_autoregressive_flow(
+    return masked_autoregressive_flow(
         init_key,
         base_dist=Normal(jnp.zeros(dim)),
         flow_layers=args.layers,
@@ -339,6 +359,77 @@ def fit_flowjax(data, dim, args, seed):
         nn_depth=args.depth,
         nn_activation=jax.nn.relu,
     )
+
+
+def flowjax_keys(seed):
+    """(training key, initialisation key) of flowjax's fit for ``seed``."""
+    return jax.random.split(jax.random.key(seed))
+
+
+def jaxmaf_twin(dist, trainable_base: bool = True) -> jaxmaf.MAF:
+    """A jaxmaf MAF computing exactly the density of flowjax's MAF ``dist``.
+
+    flowjax's settings in jaxmaf's terms: hidden layers of ``dist``'s depth and
+    width with ReLU, the output layer drawn like the hidden ones
+    (``output_init_scale=1``), the softplus scale floored at 1e-2
+    (``Affine(min_scale=1e-2)``), and ``dist``'s permutations (the reversal in
+    2-d); its weights are copied in. flowjax applies its layers to the data
+    first-to-last, each followed by a permutation (the last one acts on the
+    isotropic base and changes nothing); jaxmaf's density direction runs
+    its layer list from the data side, the last entry.
+
+    flowjax's base is a trainable diagonal Gaussian (a location and a softplus
+    scale per dimension, starting at 0 and 1); with ``trainable_base`` the twin's
+    is one too, a one-component mixture at 0 with scale 1 (the scale through
+    ``exp``: the same start, not quite the same steps); without, a standard
+    normal, like a flowjax base wrapped in ``paramax.non_trainable``.
+    """
+    import paramax
+    from flowjax.bijections import Permute
+
+    chain = dist.bijection.bijection.bijection  # Invert(Scan(Chain([MAF, permutation])))
+    made, perm = chain.bijections
+    mlp = made.masked_autoregressive_mlp
+    num_layers, width = mlp.layers[0].bias.shape
+    dim = dist.shape[-1]
+    if isinstance(perm, Permute):  # stacked (layers, D); density direction x -> x[p]
+        stacked = np.asarray(perm.permutation[0])  # a tuple of index arrays, one per axis
+        permutation = [np.argsort(stacked[k]).tolist() for k in range(num_layers - 1)][::-1]
+    else:  # Flip in 2-d
+        permutation = "reverse"
+    flow = jaxmaf.MAF(
+        dim,
+        num_layers,
+        (width,) * (len(mlp.layers) - 1),
+        activation="relu",
+        output_init_scale=1.0,
+        transformer=jaxmaf.Affine(min_scale=1e-2),
+        permutation=permutation,
+        base="mog" if trainable_base else "gaussian",
+        num_components=1 if trainable_base else None,
+        rngs=nnx.Rngs(0),
+    )
+    if trainable_base:
+        zero_base_means(flow, 0)
+    for k, conditioner in enumerate(flow.conditioners):
+        src = num_layers - 1 - k  # jaxmaf's data-side layer is flowjax's first
+        for ours, theirs in zip([*conditioner.hidden, conditioner.output], mlp.layers, strict=True):
+            assert isinstance(theirs.weight, paramax.Parameterize)  # where(mask, weight, 0)
+            mask, weight = theirs.weight.args[0][src], theirs.weight.args[1][src]
+            ours.kernel[...] = jnp.where(mask, weight, 0).T
+            ours.bias[...] = theirs.bias[src]
+    return flow
+
+
+def fit_flowjax(data, dim, args, seed):
+    import equinox as eqx
+    import paramax
+    from flowjax.train.losses import MaximumLikelihoodLoss
+    from flowjax.train.train_utils import get_batches, step
+
+    t0 = time.perf_counter()
+    key, init_key = flowjax_keys(seed)
+    dist = flowjax_maf(dim, args, init_key)
     params, static = eqx.partition(
         dist, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
     )
