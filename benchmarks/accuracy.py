@@ -23,7 +23,11 @@ classic rule by ``--variants patience_classic``). Both share the epoch cap.
 ``--variants`` fits jaxmaf variants that change one factor from the defaults
 (the ablation behind the defaults); ``perm_draw_M`` swaps the default
 permutations for another fixed draw (``mask_seed=M``), and ``A+B`` makes the
-changes of A and B together. ``--no-flowjax`` skips flowjax.
+changes of A and B together. ``--no-flowjax`` skips flowjax. ``flowjax_twin``
+is flowjax's MAF inside jaxmaf (``jaxmaf_twin``: its initial weights and
+permutations copied into a ``jaxmaf.MAF`` that computes the same density),
+trained by ``jaxmaf.fit`` with flowjax's rules: what two identical learners
+score against each other, the comparison's own noise.
 
 ``--shuffle-columns`` reorders each data set's columns per seed, the same
 order for both libraries. Above 2-d jaxmaf's ``permutation="auto"`` is one
