@@ -220,6 +220,8 @@ def check_checkpoint_dir(checkpoint_dir, flow) -> None:
 def save_best(checkpoint_dir, flow, best) -> None:
     """Saves ``flow`` with the best parameters as ``checkpoint_dir/best.jaxmaf`` (if savable).
 
+    Batch norm is saved in eval mode (running averages), as it was validated.
+
     Args:
       checkpoint_dir: fit's checkpoint directory.
       flow: the flow being trained (its structure).
@@ -230,4 +232,7 @@ def save_best(checkpoint_dir, flow, best) -> None:
     if not is_writer() or serialization.check_savable(flow) is not None:
         return  # (an unsavable flow was warned about in check_checkpoint_dir)
     graphdef = nnx.split(flow, nnx.Param, ...)[0]
-    serialization.save(os.path.join(checkpoint_dir, BEST_FLOW), nnx.merge(graphdef, *best))
+    best_flow = nnx.merge(graphdef, *best)
+    for bn in getattr(best_flow, "batch_norms", ()):  # as validated, and as fit returns it
+        bn.use_running_average = True
+    serialization.save(os.path.join(checkpoint_dir, BEST_FLOW), best_flow)

@@ -555,7 +555,7 @@ def test_circles_target_nll():
     assert h.best_loss < 1.35 and h.val_loss[h.best_epoch] == min(h.val_loss)
 
 
-def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
+def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64, tmp_path):
     x, xv = gaussian_data(400, 11).astype(np.float64) * 3 + 5, gaussian_data(100, 12) * 3 + 5
     flow = jaxmaf.MAF(2, 3, (16,), batch_norm=True, rngs=nnx.Rngs(0))
     h = jaxmaf.fit(
@@ -566,6 +566,7 @@ def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
         batch_size=100,
         num_epochs=5,
         progress=False,
+        checkpoint_dir=tmp_path,
     )
     bn = flow.batch_norms[-1]  # the data side's: its input is far from standardised
     # fit moved the running averages towards the data (20 updates at momentum 0.99)
@@ -580,6 +581,9 @@ def test_batch_norm_flow_fit_then_eval_mode_matches_dense_formula(x64):
     pts = jnp.asarray(xv[:6])
     lp = flow.log_prob(pts)
     np.testing.assert_allclose(flow.log_prob(pts[:1]), lp[:1], rtol=1e-10)
+    best = jaxmaf.load(tmp_path / training.BEST_FLOW)  # the best flow's file: saved as validated
+    assert all(b.use_running_average for b in best.batch_norms)
+    np.testing.assert_allclose(best.log_prob(pts[:1]), lp[:1], rtol=1e-10)
     bij = flow.bijector()
 
     def one(v):
