@@ -316,8 +316,7 @@ def fit_ensemble(
             h.wall_time = wall
             if h.best_epoch >= 0:
                 nnx.update(flow, *jax.tree.map(lambda a, i=i: a[i], best[0]))
-            for bn in getattr(flow, "batch_norms", ()):  # as validated: running averages
-                bn.use_running_average = True
+            flow.eval()  # as validated: batch norm by its running averages
     return flows, histories
 
 

@@ -233,6 +233,5 @@ def save_best(checkpoint_dir, flow, best) -> None:
         return  # (an unsavable flow was warned about in check_checkpoint_dir)
     graphdef = nnx.split(flow, nnx.Param, ...)[0]
     best_flow = nnx.merge(graphdef, *best)
-    for bn in getattr(best_flow, "batch_norms", ()):  # as validated, and as fit returns it
-        bn.use_running_average = True
+    best_flow.eval()  # as validated, and as fit returns it
     serialization.save(os.path.join(checkpoint_dir, BEST_FLOW), best_flow)

@@ -344,7 +344,6 @@ def fit(
             bar.close()
         if history.best_epoch >= 0:
             nnx.update(flow, *best)
-        for bn in getattr(flow, "batch_norms", ()):  # evaluated as validated: running averages
-            bn.use_running_average = True
+        flow.eval()  # as validated: batch norm by its running averages
         history.wall_time = time.perf_counter() - start
     return history
