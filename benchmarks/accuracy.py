@@ -22,7 +22,7 @@ classic rule by ``--variants patience_classic``). Both share the epoch cap.
 
 ``--variants`` fits jaxmaf variants that change one factor from the defaults
 (the ablation behind the defaults); ``perm_draw_M`` swaps the default
-permutations for another fixed draw (``mask_seed=M``), and ``A+B`` makes the
+permutations for one fixed draw, the same for every seed (``mask_seed=M``), and ``A+B`` makes the
 changes of A and B together. ``--no-flowjax`` skips flowjax. ``flowjax_twin``
 is flowjax's MAF inside jaxmaf (``jaxmaf_twin``: its initial weights and
 permutations copied into a ``jaxmaf.MAF`` that computes the same density),
@@ -30,11 +30,11 @@ trained by ``jaxmaf.fit`` with flowjax's rules: what two identical learners
 score against each other, the comparison's own noise.
 
 ``--shuffle-columns`` reorders each data set's columns per seed, the same
-order for both libraries. Above 2-d jaxmaf's ``permutation="auto"`` is one
-fixed draw for every seed, while flowjax draws new permutations per seed, and
-which orders suit a data set moves a tabular set's NLL by more than the seeds
-do; with the columns reordered, jaxmaf's mean over seeds is also a mean over
-column arrangements, closer to what a data set not seen here gets.
+order for both libraries. Which orders suit a data set moves a tabular set's
+NLL by more than the seeds do. Both libraries now draw their permutations per
+seed above 2-d (jaxmaf's ``permutation="auto"`` was one fixed draw per
+dimension before); with the columns reordered, the mean over seeds is also a
+mean over column arrangements (and, in 2-d, over which axis comes first).
 
 Data sets (``--datasets suite``, the default): the circles of the examples
 (the circles example's split), pinwheel, two spirals, four rings, the swiss
@@ -241,7 +241,11 @@ VARIANTS: dict[str, tuple] = {
     "residual": ("residual MADEs (masked residual blocks)", {"residual": True}, {}),
     "degrees_random": ("hidden degrees random", {"hidden_degrees": "random"}, {}),
     "perm_reverse": ("reverse permutations", {"permutation": "reverse"}, {}),
-    "perm_random": ("random permutations (from rngs)", {"permutation": "random"}, {}),
+    "perm_random": (
+        "random permutations from rngs in 2-d too (above 2-d the default)",
+        {"permutation": "random"},
+        {},
+    ),
     "ema_off": ("no parameter average (last iterate only)", {}, {"ema_epochs": None}),
     "ema_3": ("parameter average over 3 epochs", {}, {"ema_epochs": 3.0}),
     "ema_16": ("parameter average over 16 epochs", {}, {"ema_epochs": 16.0}),

@@ -138,11 +138,11 @@ def affine_only(w):
 
 def split_flat(module):
     """(parameters as a flat list of arrays, leaves -> module): see NNX call overhead above."""
-    graphdef, state = nnx.split(module, nnx.Param)
+    graphdef, state, rest = nnx.split(module, nnx.Param, ...)  # rest: permutations, constants
     leaves, treedef = jax.tree.flatten(state)
 
     def build(leaves):
-        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves), rest)
 
     return leaves, build
 

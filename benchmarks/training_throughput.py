@@ -74,12 +74,12 @@ def time_jaxmaf(data, epochs):
 def time_step_loop(data, epochs):
     """The common hand-written loop: jitted step, host-side shuffling and batching."""
     flow = make_flow(nnx.Rngs(0))
-    graphdef, params = nnx.split(flow, nnx.Param)
+    graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
     opt = optax.adam(LR)
     opt_state = opt.init(params)
 
     def loss(p, x):
-        return -nnx.merge(graphdef, p).log_prob(x).mean()
+        return -nnx.merge(graphdef, p, rest).log_prob(x).mean()
 
     @jax.jit
     def step(p, s, x):

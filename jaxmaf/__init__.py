@@ -20,7 +20,7 @@ from jaxmaf.flow import Flow
 from jaxmaf.flows import IAF, MAF
 from jaxmaf.for_numpyro import as_numpyro, numpyro_flow, update_from_numpyro
 from jaxmaf.history import History
-from jaxmaf.layers import AutoregressiveLayer, Permutation
+from jaxmaf.layers import AutoregressiveLayer, Permutation, PermutationIndex
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
 from jaxmaf.made import MADE
 from jaxmaf.masked_linear import MaskedLinear
@@ -46,6 +46,7 @@ __all__ = [
     "MaskedLinear",
     "MixtureOfGaussians",
     "Permutation",
+    "PermutationIndex",
     "Permute",
     "Spline",
     "StandardNormal",

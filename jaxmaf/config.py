@@ -60,7 +60,7 @@ class FlowConfig:
     hidden_dims: tuple[int, ...]
     activation: str | None
     context_dim: int
-    permutation: tuple[tuple[int, ...], ...]
+    permutation: tuple[tuple[int, ...], ...] | None
     hidden_degrees: str
     transformer: Transformer
     output_init_scale: float

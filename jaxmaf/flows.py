@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,7 +104,7 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
         self.param_dtype = jnp.dtype(check_param_dtype(param_dtype))
         if mask_seed is not None:
             mask_seed = check_int("mask_seed", mask_seed, minimum=0)
-        self.permutations = layer_permutations(
+        permutations = layer_permutations(
             permutation, dim, num_layers, mask_seed if mask_seed is not None else rngs
         )
         check_choice("hidden_degrees", hidden_degrees, HIDDEN_DEGREES)
@@ -137,14 +138,14 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
             if k < num_layers - 1:
                 if batch_norm:
                     layers.append(BatchNorm(dim, param_dtype=self.param_dtype))
-                layers.append(Permutation(self.permutations[k]))
-        self.config = FlowConfig(
+                layers.append(Permutation(permutations[k]))
+        self._config = FlowConfig(
             dim=int(dim),
             num_layers=int(num_layers),
             hidden_dims=self.hidden_dims,
             activation=activation if isinstance(activation, str) else None,
             context_dim=int(context_dim),
-            permutation=tuple(self.permutations),
+            permutation=None,  # state, not structure: read back by the config property
             hidden_degrees=hidden_degrees,
             transformer=self.transformer,
             output_init_scale=float(output_init_scale),
@@ -164,6 +165,28 @@ class _AutoregressiveFlow(UnitsAndSupport, Flow):
         # built last, so that the layers' initial values do not depend on the base
         base_module = make_base(base, dim, num_components, self.param_dtype, rngs)
         super().__init__(base_module, layers, context_dim=context_dim)
+
+    @property
+    def permutations(self) -> tuple[tuple[int, ...], ...]:
+        """The permutations between consecutive layers, as held in the flow's state.
+
+        Returns:
+          ``num_layers - 1`` tuples of ints (values read from the device).
+        """
+        return tuple(
+            tuple(int(i) for i in np.asarray(layer.permutation[...]))
+            for layer in self.layers
+            if isinstance(layer, Permutation)
+        )
+
+    @property
+    def config(self) -> FlowConfig:
+        """The constructor arguments that rebuild this flow, its permutations included."""
+        return dataclasses.replace(self._config, permutation=self.permutations)
+
+    @config.setter
+    def config(self, value: FlowConfig) -> None:
+        self._config = dataclasses.replace(value, permutation=None)
 
     def bijector(
         self,
@@ -220,14 +243,20 @@ class MAF(_AutoregressiveFlow):
         ``"tanh"``, ``"gelu"``, ``"elu"``, ``"silu"``, ...) or callable.
       context_dim: width of the conditioning input (0: unconditional).
       permutation: between layers: ``"auto"`` (default: the reversal for
-        ``dim <= 2``; above, pseudo-random permutations drawn from a numpy
-        generator seeded with ``dim``, so every flow of a shape has the same
-        ones, ensembles stack and ``nnx.eval_shape`` works), ``"reverse"``
-        (or ``"reversed"``, MADE's spelling), ``"random"`` (seeded from
-        ``mask_seed``, else from ``rngs``), ``"none"``, or an explicit list of
-        ``num_layers - 1`` permutations. Varied orders learn better than the
-        alternating reversal above two dimensions: 1.7-2.8 nats lower test
-        NLL on 10-, 30- and 64-d data (``benchmarks/accuracy.py``).
+        ``dim <= 2``; above, random permutations, one draw per flow from
+        ``rngs``, as flowjax and sbi draw theirs), ``"reverse"`` (or
+        ``"reversed"``, MADE's spelling), ``"random"`` (at any ``dim``),
+        ``"none"``, or an explicit list of ``num_layers - 1`` permutations.
+        Random draws come from ``mask_seed`` when it is given (numpy, no
+        device value), else from ``rngs``. The permutations are state
+        (:class:`jaxmaf.PermutationIndex`, saved with the flow), not
+        structure: flows with different draws share one graph definition,
+        so ensembles stack them and ``nnx.eval_shape`` works. Varied orders
+        learn better than the alternating reversal above two dimensions:
+        1.7-2.8 nats lower test NLL on 10-, 30- and 64-d data; one draw per
+        flow rather than one fixed draw per dimension, because which orders a
+        data set gets moved its test NLL by more than any other factor
+        measured (``benchmarks/accuracy.py``, docs/benchmarks.md).
       hidden_degrees: MADE hidden-degree rule, ``"equal"`` or ``"random"``.
       transformer: ``"affine"``, ``"spline"``, or an :class:`jaxmaf.Affine` /
         :class:`jaxmaf.Spline` instance (scale parameterisation, bins, tail
@@ -265,9 +294,10 @@ class MAF(_AutoregressiveFlow):
         ``jax_enable_x64``).
       mask_seed: numpy seed of the random hidden degrees (with
         ``hidden_degrees="random"``; recorded in ``config`` so a saved flow's
-        masks are recomputed on load) and of ``permutation="random"``. None:
-        drawn from ``rngs`` (a device value: pass a seed to build the flow
-        under ``jit`` or ``nnx.eval_shape``).
+        masks are recomputed on load) and of random permutations (``"random"``,
+        and ``"auto"`` above 2-d). None: drawn from ``rngs`` (random hidden
+        degrees then need a concrete ``rngs``: pass a seed to build such a
+        flow under ``jit`` or ``nnx.eval_shape``).
       standardize: hold a :class:`jaxmaf.preprocessing.Standardization`
         (identity until :meth:`standardize_from` or ``fit(...,
         standardize=True)`` sets it from data): the layers then model

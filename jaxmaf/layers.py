@@ -7,7 +7,7 @@ base side to the data side as a distrax bijector. jaxmaf's layers:
 
 - :class:`AutoregressiveLayer`: a conditioner (a :class:`jaxmaf.MADE`) and a
   transformer; a MAF layer, or with ``inverted=True`` an IAF layer;
-- :class:`Permutation`: a fixed reordering of the dimensions;
+- :class:`Permutation`: a reordering of the dimensions (held as state);
 - :class:`jaxmaf.BatchNorm`: batch normalisation.
 """
 
@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import distrax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -27,7 +28,7 @@ from jaxmaf.masks import check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
 
 Array = jax.Array
-__all__ = ["AutoregressiveLayer", "Layer", "Permutation"]
+__all__ = ["AutoregressiveLayer", "Layer", "Permutation", "PermutationIndex"]
 
 
 @runtime_checkable
@@ -123,23 +124,78 @@ class AutoregressiveLayer(nnx.Module):
         return distrax.Inverse(layer) if self.inverted else layer
 
 
+class PermutationIndex(nnx.Variable):
+    """An integer index held as state: a flow's permutation (not trained).
+
+    State rather than structure, so that flows drawn with different orders
+    share one graph definition (ensembles stack them; one compiled program
+    serves them all). Optimizers see only :class:`flax.nnx.Param`.
+    """
+
+
 class Permutation(nnx.Module):
-    """A fixed reordering of the dimensions, ``y[..., i] = x[..., permutation[i]]``.
+    """A reordering of the dimensions, ``y[..., i] = x[..., permutation[i]]``.
+
+    The permutation and its inverse are state (:class:`PermutationIndex`,
+    int32): saved with the flow, stacked by ensembles, never trained.
 
     Args:
-      permutation: a permutation of ``0..D-1``.
+      permutation: a permutation of ``0..D-1``: a list or numpy array
+        (checked), or a JAX integer array of shape ``(D,)`` drawn on the device
+        (e.g. ``jax.random.permutation``; taken as it is, since it may be
+        abstract under ``nnx.eval_shape``).
 
     Raises:
-      ValueError: not a permutation.
+      ValueError: a list or numpy array that is not a permutation; a JAX array
+        that is not integer of shape ``(D,)``.
 
     Examples:
       >>> Permutation([1, 0]).bijector().forward(jnp.array([1.0, 2.0])).tolist()
       [2.0, 1.0]
+      >>> Permutation([2, 0, 1]).inverse[...].tolist()
+      [1, 2, 0]
     """
 
-    def __init__(self, permutation: Sequence[int] | np.ndarray):
-        perm = check_permutation(permutation, len(np.asarray(permutation)))
-        self.permutation = tuple(int(i) for i in perm)
+    def __init__(self, permutation: Sequence[int] | np.ndarray | jax.Array):
+        if isinstance(permutation, jax.Array):
+            if permutation.ndim != 1 or not jnp.issubdtype(permutation.dtype, jnp.integer):
+                raise ValueError(
+                    "Expected permutation to be an integer array of shape (D,), got "
+                    f"{permutation.dtype} of shape {permutation.shape}."
+                )
+            perm = permutation.astype(jnp.int32)
+        else:
+            perm = jnp.asarray(
+                check_permutation(permutation, len(np.asarray(permutation))), jnp.int32
+            )
+        self.permutation = PermutationIndex(perm)
+        self.inverse = PermutationIndex(jnp.argsort(perm).astype(jnp.int32))
+
+    def checked(self, source: str = "<bytes>") -> list[int]:
+        """The permutation as a list, once its state is checked (as after loading a file).
+
+        Args:
+          source: where the state came from, for the error message.
+
+        Returns:
+          the permutation's entries.
+
+        Raises:
+          ValueError: the state is not a permutation of ``0..D-1`` and its inverse.
+
+        Examples:
+          >>> Permutation([2, 0, 1]).checked()
+          [2, 0, 1]
+        """
+        perm, inverse = np.asarray(self.permutation[...]), np.asarray(self.inverse[...])
+        identity = np.arange(perm.shape[0])
+        valid = all(np.array_equal(np.sort(p), identity) for p in (perm, inverse))
+        if not (valid and np.array_equal(perm[inverse], identity)):
+            raise ValueError(
+                f"{source}: the stored permutation {perm.tolist()} and inverse "
+                f"{inverse.tolist()} are not a permutation and its inverse."
+            )
+        return perm.tolist()
 
     def bijector(
         self,
@@ -150,4 +206,4 @@ class Permutation(nnx.Module):
         update_batch_stats: bool = False,
     ) -> distrax.Bijector:
         """:class:`jaxmaf.Permute` (see :class:`Layer`; the arguments do nothing here)."""
-        return Permute(self.permutation)
+        return Permute(self.permutation[...], self.inverse[...])

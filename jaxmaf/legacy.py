@@ -94,6 +94,32 @@ def current_names(params: Any, batch_norm: bool = False) -> Any:
     return moved
 
 
+def with_permutations(params: Any, permutations: dict[str, Any]) -> Any:
+    """Stored parameters of a file written before permutations were state, completed.
+
+    Such a file holds no permutation arrays: its flow's permutations are in
+    the configuration (or, for a generic flow, in ``like``), from which the
+    rebuilt flow took them. A file that holds any of them is returned as it
+    is (a partial set is refused by name where it is read).
+
+    Args:
+      params: the stored ``{name: array}`` map.
+      permutations: the rebuilt flow's permutation state by name.
+
+    Returns:
+      ``params``, with the rebuilt flow's permutations added when it had none.
+
+    Examples:
+      >>> sorted(with_permutations({"w": 0}, {"layers/1/permutation": 1}))
+      ['layers/1/permutation', 'w']
+      >>> with_permutations({"layers/1/permutation": 2}, {"layers/1/permutation": 1})
+      {'layers/1/permutation': 2}
+    """
+    if not isinstance(params, dict) or any(name in params for name in permutations):
+        return params
+    return {**params, **permutations}
+
+
 def upgrade_version_1(data: bytes, source: str = "<bytes>") -> dict[str, Any] | None:
     """A version-1 flow file as today's flow payload, or None when ``data`` is not one.
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxmaf.validation import check_int, host_seed, renamed
+from jaxmaf.validation import check_int, renamed
 
 ORDERS = ("natural", "reversed", "random")
 HIDDEN_DEGREES = ("equal", "random")
@@ -249,21 +251,23 @@ PERMUTATIONS = ("auto", "reverse", "random", "none")
 
 def layer_permutations(
     permutation: str | Sequence[Sequence[int]], dim: int, num_layers: int, seed: Any
-) -> tuple[tuple[int, ...], ...]:
+) -> tuple[tuple[int, ...] | jax.Array, ...]:
     """The permutations a flow puts between consecutive layers (``num_layers - 1`` of them).
 
     Args:
-      permutation: ``"auto"`` (the reversal for ``dim <= 2``; above, pseudo-random
-        permutations from a numpy generator seeded with ``dim``, so every flow
-        of a shape has the same ones), ``"reverse"`` (or MADE's spelling
+      permutation: ``"auto"`` (the reversal for ``dim <= 2``; above, random
+        permutations, as ``"random"``), ``"reverse"`` (or MADE's spelling
         ``"reversed"``), ``"random"``, ``"none"``, or an explicit list.
       dim: the data dimension.
       num_layers: the number of autoregressive layers.
-      seed: for ``"random"``: an int ``mask_seed`` (a numpy stream of its own),
-        or an ``nnx.Rngs`` to draw a host seed from.
+      seed: for random permutations: an int ``mask_seed`` (a numpy stream of
+        its own: constants, no device value), or an ``nnx.Rngs`` to draw them
+        from on the device (``jax.random.permutation`` with ``rngs.params()``;
+        abstract under ``nnx.eval_shape``).
 
     Returns:
-      a tuple of ``num_layers - 1`` permutations, each a tuple of ints.
+      a tuple of ``num_layers - 1`` permutations: tuples of ints, or int32
+      arrays of shape ``(dim,)`` when drawn from ``rngs``.
 
     Raises:
       ValueError: an unknown name, a list of the wrong length, or an entry
@@ -272,6 +276,8 @@ def layer_permutations(
     Examples:
       >>> layer_permutations("reverse", 3, 3, 0)
       ((2, 1, 0), (2, 1, 0))
+      >>> layer_permutations("auto", 3, 2, 0)
+      ((2, 0, 1),)
     """
     n = num_layers - 1
     if isinstance(permutation, str) and permutation == "reversed":  # the MADE order's name
@@ -280,17 +286,18 @@ def layer_permutations(
         if len(permutation) != n:
             raise ValueError(f"Expected num_layers - 1 = {n} permutations, got {len(permutation)}.")
         perms = [check_permutation(p, dim) for p in permutation]
-    elif permutation == "auto" and dim > 2:
-        rng = np.random.default_rng(dim)  # fixed by the shape, not by rngs
+    elif permutation == "random" or (permutation == "auto" and dim > 2):
+        if not isinstance(seed, int):  # nnx.Rngs: drawn on the device, one draw per flow
+            return tuple(
+                jax.random.permutation(seed.params(), dim).astype(jnp.int32) for _ in range(n)
+            )
+        # With mask_seed, a stream of its own (not the hidden degrees'), no device value.
+        rng = np.random.default_rng([seed, 1])
         perms = [rng.permutation(dim) for _ in range(n)]
     elif permutation in ("reverse", "auto"):
         perms = [np.arange(dim)[::-1]] * n
     elif permutation == "none":
         perms = [np.arange(dim)] * n
-    elif permutation == "random":
-        # With mask_seed, a stream of its own (not the hidden degrees'), no device value.
-        rng = np.random.default_rng([seed, 1] if isinstance(seed, int) else host_seed(seed))
-        perms = [rng.permutation(dim) for _ in range(n)]
     else:
         raise ValueError(
             f"Unknown permutation {permutation!r}: expected one of {PERMUTATIONS} or a "

@@ -41,7 +41,8 @@ from jaxmaf.fileformat import (
 )
 from jaxmaf.flow import Flow
 from jaxmaf.flows import IAF, MAF
-from jaxmaf.legacy import current_names, upgrade_version_1
+from jaxmaf.layers import Permutation, PermutationIndex
+from jaxmaf.legacy import current_names, upgrade_version_1, with_permutations
 from jaxmaf.mask_records import adopt_checked_masks, check_masks, masks
 from jaxmaf.transformers import TRANSFORMERS
 
@@ -50,6 +51,7 @@ __all__ = [
     "KINDS",
     "MAGIC",
     "atomic_write",
+    "check_permutations",
     "check_savable",
     "config_of",
     "decode",
@@ -88,6 +90,13 @@ def config_of(flow: nnx.Module) -> dict[str, Any] | None:
     if name not in _CLASSES or not isinstance(getattr(flow, "config", None), FlowConfig):
         return None
     return {"class": name, **flow.config.to_dict()}
+
+
+def _structure(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A configuration without its permutations' values (state: the file's are loaded)."""
+    if not isinstance(config, dict):
+        return config
+    return {**config, "permutation": [len(p) for p in config.get("permutation", [])]}
 
 
 def flow_from_config(config: Any, source: str = "<bytes>") -> MAF | IAF:
@@ -243,6 +252,28 @@ def flow_payload(flow: Flow) -> dict[str, Any]:
     }
 
 
+def check_permutations(flow: Flow, recorded: Any, source: str = "<bytes>") -> None:
+    """Refuses stored permutations that are not permutations, or not the configuration's.
+
+    Args:
+      flow: the flow, its state restored from the file.
+      recorded: the configuration's permutations (lists), or None for a generic flow.
+      source: file name for error messages.
+
+    Raises:
+      ValueError: see :meth:`jaxmaf.Permutation.checked`; permutations other than ``recorded``.
+
+    Examples:
+      >>> check_permutations(jaxmaf.MAF(3, 2, (4,), rngs=nnx.Rngs(0)), None)
+    """
+    held = [layer.checked(source) for layer in flow.layers if isinstance(layer, Permutation)]
+    expect(
+        recorded is None or held == recorded,
+        source,
+        f"the stored permutations {held} differ from the configuration's {recorded}.",
+    )
+
+
 def flow_from_payload(
     payload: Any,
     source: str = "<bytes>",
@@ -297,7 +328,7 @@ def flow_from_payload(
         flow = nnx.clone(like)
     else:
         flow = flow_from_config(config, source)
-        if like is not None and config_of(like) != config:
+        if like is not None and _structure(config_of(like)) != _structure(config):
             raise ValueError(
                 f"{source} holds a {config.get('class')} whose configuration differs from "
                 "like's: leave like out (the file rebuilds its flow) or pass a matching flow."
@@ -307,7 +338,9 @@ def flow_from_payload(
             adopt_checked_masks(flow, payload["masks"], source)
             flow.config = dataclasses.replace(flow.config, mask_seed=None)  # not reproducible
     check_masks(flow, payload["masks"], source)
+    params = with_permutations(params, to_named_arrays(nnx.state(flow, PermutationIndex)))
     set_flat_params(flow, params, source)
+    check_permutations(flow, None if config is None else config["permutation"], source)
     expect(isinstance(payload["eval_mode"], bool), source, "expected eval_mode to be a bool.")
     if payload["eval_mode"]:
         flow.eval()

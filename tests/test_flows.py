@@ -240,18 +240,31 @@ def test_trained_parameters_change_density():
     assert not np.allclose(before, flow.log_prob(x))
 
 
-def test_default_permutations_reverse_in_2d_and_vary_above():
-    """ "auto": the reversal for D <= 2; above, a fixed (shape-seeded) sequence of distinct
-    permutations, equal for every flow of that shape (ensembles stack), no device value
-    drawn (nnx.eval_shape works)."""
+def test_default_permutations_reverse_in_2d_and_are_drawn_per_flow_above():
+    """ "auto": the reversal for D <= 2; above, random permutations drawn from rngs, one
+    draw per flow, held as state: flows of one shape share their graph definition (ensembles
+    stack), nnx.eval_shape works, and mask_seed fixes them without a device value."""
     flow2 = jaxmaf.MAF(2, 4, (8,), rngs=nnx.Rngs(0))
     assert flow2.permutations == ((1, 0),) * 3
-    a = jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(0))
-    b = nnx.eval_shape(lambda: jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(1)))
-    assert a.permutations == b.permutations
-    assert len(set(a.permutations)) == 4
-    for p in a.permutations:
-        assert sorted(p) == list(range(10)) and p != tuple(range(10))[::-1]
+    a, b = (jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(s)) for s in (0, 1))
+    assert a.permutations == jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(0)).permutations
+    assert a.permutations != b.permutations
+    assert nnx.graphdef(a) == nnx.graphdef(b)
+    for p in a.permutations + b.permutations:
+        assert sorted(p) == list(range(10))
+    assert len(set(a.permutations)) == 4  # 4 draws of 10! orders: distinct
+    abstract = nnx.eval_shape(lambda: jaxmaf.MAF(10, 5, (8,), rngs=nnx.Rngs(1)))
+    assert nnx.graphdef(abstract) == nnx.graphdef(a)
+    fixed = [jaxmaf.MAF(10, 5, (8,), mask_seed=3, rngs=nnx.Rngs(s)).permutations for s in (0, 1)]
+    assert fixed[0] == fixed[1] != a.permutations
+    # the flow computes with the drawn orders: x -> u undoes each permutation in turn
+    x = jax.random.normal(jax.random.key(0), (6, 10))
+    zero = jaxmaf.MAF(10, 3, (8,), output_init_scale=0.0, rngs=nnx.Rngs(4))
+    expected = x
+    for p in zero.permutations[::-1]:
+        expected = expected[..., np.argsort(p)]
+    u, _ = zero.bijector().inverse_and_log_det(x)
+    np.testing.assert_allclose(u, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [-1, (3, -2), (2.0,), (True,)])
@@ -521,10 +534,10 @@ def test_chunked_evaluation_equals_whole_batch(name, x64):
 def test_chunked_log_prob_gradient_and_one_context_broadcast(x64):
     flow = make_flow("maf_cond", 3)
     x, c = make_inputs("maf_cond", 3, n=10)
-    graphdef, params = nnx.split(flow, nnx.Param)
+    graphdef, params, rest = nnx.split(flow, nnx.Param, ...)
 
     def loss(p, chunk):
-        return -jnp.mean(nnx.merge(graphdef, p).log_prob(x, c[0], chunk_size=chunk))
+        return -jnp.mean(nnx.merge(graphdef, p, rest).log_prob(x, c[0], chunk_size=chunk))
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     g_chunk, g_whole = grad(params, 4), grad(params, None)

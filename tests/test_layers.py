@@ -165,6 +165,40 @@ def test_files_saved_before_layers_were_modules_load_with_the_same_density(name)
     )
 
 
+def test_drawn_permutations_are_saved_as_state_and_checked_on_load(tmp_path):
+    """A flow's permutations travel in the file as state; ``like`` of another draw still
+    loads the file's; stored values that are no permutation, or not the configuration's,
+    are refused. (Files from before, with none stored, load by the test above.)"""
+    from jaxmaf import serialization
+
+    flow = jaxmaf.MAF(4, 3, (8,), output_init_scale=0.5, rngs=nnx.Rngs(2))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    path = tmp_path / "f.jaxmaf"
+    jaxmaf.save(path, flow)
+    other_draw = jaxmaf.MAF(4, 3, (8,), output_init_scale=0.5, rngs=nnx.Rngs(7))
+    assert other_draw.permutations != flow.permutations
+    for loaded in (jaxmaf.load(path), jaxmaf.load(path, like=other_draw)):
+        assert loaded.permutations == flow.permutations
+        np.testing.assert_array_equal(loaded.log_prob(x), flow.log_prob(x))
+    payload = serialization.flow_payload(flow)
+    swapped = dict(payload["params"])
+    swapped["layers/1/permutation"], swapped["layers/3/permutation"] = (
+        payload["params"]["layers/3/permutation"],
+        payload["params"]["layers/1/permutation"],
+    )
+    swapped["layers/1/inverse"], swapped["layers/3/inverse"] = (
+        payload["params"]["layers/3/inverse"],
+        payload["params"]["layers/1/inverse"],
+    )
+    with pytest.raises(ValueError, match="differ from the configuration's"):
+        serialization.flow_from_payload({**payload, "params": swapped})
+    bad_values = [("permutation", [0, 0, 1, 2]), ("inverse", [0, 1, 2, 3]), ("inverse", [9] * 4)]
+    for name, bad in bad_values:
+        broken = dict(payload["params"], **{f"layers/1/{name}": np.array(bad, np.int32)})
+        with pytest.raises(ValueError, match="are not a permutation and its inverse"):
+            serialization.flow_from_payload({**payload, "params": broken})
+
+
 def test_a_checkpoint_from_before_layers_were_modules_is_refused_by_name(tmp_path):
     directory = tmp_path / "run"
     shutil.copytree(DATA / "checkpoint_0.1.0", directory)

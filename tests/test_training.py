@@ -344,6 +344,24 @@ def test_ensemble_members_match_single_fits_with_their_own_learning_rates():
     assert not np.allclose(hists[0].val_loss, hists[2].val_loss)
 
 
+def test_ensemble_members_keep_their_own_drawn_permutations():
+    """Above 2-d each flow draws its permutations from its rngs (state, not structure): the
+    ensemble stacks members with different orders, and each trains as its single fit does."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(240, 4)) @ rng.normal(size=(4, 4))).astype(np.float32)
+    make = lambda rngs: jaxmaf.MAF(4, 3, (8,), output_init_scale=0.5, rngs=rngs)  # noqa: E731
+    kw = dict(batch_size=60, num_epochs=3, progress=False)
+    seeds = [0, 1, 2]
+    flows, hists = jaxmaf.fit_ensemble(make, x, seeds=seeds, optimizer=optax.adam(1e-2), **kw)
+    assert len({f.permutations for f in flows}) == 3
+    for flow, h, seed in zip(flows, hists, seeds, strict=True):
+        single = make(nnx.Rngs(seed))
+        hs = jaxmaf.fit(single, x, optimizer=optax.adam(1e-2), seed=seed, **kw)
+        assert flow.permutations == single.permutations
+        np.testing.assert_allclose(h.train_loss, hs.train_loss, rtol=1e-5)
+        np.testing.assert_allclose(flow.log_prob(x), single.log_prob(x), rtol=1e-4, atol=1e-4)
+
+
 def test_ensemble_members_stop_where_single_fits_stop():
     """Early stopping with ``patience_se`` per member, as in :func:`jaxmaf.fit`."""
     x, xv = gaussian_data(300, 7), gaussian_data(60, 8)
@@ -391,7 +409,7 @@ def test_ensemble_errors():
         jaxmaf.fit_ensemble(make, gaussian_data(10, 0), seeds=[])
     with pytest.raises(ValueError, match="Expected 2 learning rates"):
         jaxmaf.fit_ensemble(make, gaussian_data(10, 0), seeds=[0, 1], learning_rate=[1e-3])
-    rand = lambda rngs: jaxmaf.MAF(3, 2, (8,), permutation="random", rngs=rngs)  # noqa: E731
+    rand = lambda rngs: jaxmaf.MAF(3, 2, (8,), hidden_degrees="random", rngs=rngs)  # noqa: E731
     with pytest.raises(ValueError, match="differs in structure"):
         jaxmaf.fit_ensemble(rand, np.zeros((10, 3)), seeds=[0, 1], progress=False)
 
