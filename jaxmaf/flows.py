@@ -244,7 +244,7 @@ class MAF(_AutoregressiveFlow):
       context_dim: width of the conditioning input (0: unconditional).
       permutation: between layers: ``"auto"`` (default: the reversal for
         ``dim <= 2``; above, random permutations, one draw per flow from
-        ``rngs``, as flowjax and sbi draw theirs), ``"reverse"`` (or
+        ``rngs``, as flowjax draws its own), ``"reverse"`` (or
         ``"reversed"``, MADE's spelling), ``"random"`` (at any ``dim``),
         ``"none"``, or an explicit list of ``num_layers - 1`` permutations.
         Random draws come from ``mask_seed`` when it is given (numpy, no
