@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmaf.batch_norm import BatchNorm
-from jaxmaf.masks import check_permutation
+from jaxmaf.masks import check_index_array, check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
 from jaxmaf.validation import (
     check_event,
@@ -264,13 +264,8 @@ class Permute(distrax.Bijector):
         self, permutation: Sequence[int] | np.ndarray | Array, inverse: Array | None = None
     ):
         super().__init__(event_ndims_in=1, is_constant_jacobian=True)
-        if isinstance(permutation, jax.Array):  # a flow's state (traced or not): not read back
-            if permutation.ndim != 1 or not jnp.issubdtype(permutation.dtype, jnp.integer):
-                raise ValueError(
-                    "Expected permutation to be an integer array of shape (D,), got "
-                    f"{permutation.dtype} of shape {permutation.shape}."
-                )
-            self._perm = permutation
+        if isinstance(permutation, jax.Array):  # a flow's state: its values checked when set
+            self._perm = check_index_array(permutation, read_values=False)
             self._inv = jnp.argsort(permutation) if inverse is None else inverse
         else:
             perm = check_permutation(permutation, len(np.asarray(permutation)))

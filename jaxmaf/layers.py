@@ -24,7 +24,7 @@ from flax import nnx
 
 from jaxmaf.bijectors import MaskedAutoregressive, Permute
 from jaxmaf.made import MADE
-from jaxmaf.masks import check_permutation
+from jaxmaf.masks import check_index_array, check_permutation
 from jaxmaf.transformers import Transformer, get_transformer
 
 Array = jax.Array
@@ -140,14 +140,14 @@ class Permutation(nnx.Module):
     int32): saved with the flow, stacked by ensembles, never trained.
 
     Args:
-      permutation: a permutation of ``0..D-1``: a list or numpy array
-        (checked), or a JAX integer array of shape ``(D,)`` drawn on the device
-        (e.g. ``jax.random.permutation``; taken as it is, since it may be
-        abstract under ``nnx.eval_shape``).
+      permutation: a permutation of ``0..D-1``: a list, a numpy array or a
+        JAX integer array of shape ``(D,)`` (e.g. ``jax.random.permutation``'s;
+        its values are checked unless it is abstract, as under
+        ``nnx.eval_shape``).
 
     Raises:
-      ValueError: a list or numpy array that is not a permutation; a JAX array
-        that is not integer of shape ``(D,)``.
+      ValueError: not a permutation; a JAX array that is not integer of
+        shape ``(D,)``.
 
     Examples:
       >>> Permutation([1, 0]).bijector().forward(jnp.array([1.0, 2.0])).tolist()
@@ -158,12 +158,7 @@ class Permutation(nnx.Module):
 
     def __init__(self, permutation: Sequence[int] | np.ndarray | jax.Array):
         if isinstance(permutation, jax.Array):
-            if permutation.ndim != 1 or not jnp.issubdtype(permutation.dtype, jnp.integer):
-                raise ValueError(
-                    "Expected permutation to be an integer array of shape (D,), got "
-                    f"{permutation.dtype} of shape {permutation.shape}."
-                )
-            perm = permutation.astype(jnp.int32)
+            perm = check_index_array(permutation)
         else:
             perm = jnp.asarray(
                 check_permutation(permutation, len(np.asarray(permutation))), jnp.int32

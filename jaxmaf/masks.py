@@ -246,6 +246,40 @@ def connectivity(
     return per_out.T.astype(bool)
 
 
+def check_index_array(
+    permutation: jax.Array, what: str = "permutation", read_values: bool = True
+) -> jax.Array:
+    """Checks a JAX permutation array's shape and dtype (its values only when concrete).
+
+    A traced or abstract array (a flow's state under ``jit`` or ``nnx.eval_shape``)
+    cannot be read, so only its shape and dtype are checked.
+
+    Args:
+      permutation: an integer array of shape ``(D,)``.
+      what: name used in the error message.
+      read_values: check the values of a concrete array too (one read from
+        the device); False where the array was checked when it was set.
+
+    Returns:
+      the array as int32.
+
+    Raises:
+      ValueError: not integer of shape ``(D,)``, or (concrete) not a permutation.
+
+    Examples:
+      >>> check_index_array(jnp.array([1, 0])).tolist()
+      [1, 0]
+    """
+    if permutation.ndim != 1 or not jnp.issubdtype(permutation.dtype, jnp.integer):
+        raise ValueError(
+            f"Expected {what} to be an integer array of shape (D,), got "
+            f"{permutation.dtype} of shape {permutation.shape}."
+        )
+    if read_values and not isinstance(permutation, jax.core.Tracer):
+        check_permutation(np.asarray(permutation), permutation.shape[0], what)
+    return permutation.astype(jnp.int32)
+
+
 PERMUTATIONS = ("auto", "reverse", "random", "none")
 
 

@@ -69,6 +69,14 @@ def test_permute():
     np.testing.assert_array_equal(jaxmaf.Permute([1, 0]).forward(jnp.array([1.0, 2.0])), [2.0, 1.0])
     with pytest.raises(ValueError, match="permutation of 0..2"):
         jaxmaf.Permute([0, 0, 1])
+    # a JAX array (a flow's state, traced or not) gives the same map
+    q = jaxmaf.Permute(jnp.array([2, 0, 1]))
+    np.testing.assert_array_equal(q.forward(x), y)
+    np.testing.assert_array_equal(
+        jax.jit(lambda i, v: jaxmaf.Permute(i).inverse(v))(q.permutation, y), x
+    )
+    with pytest.raises(ValueError, match="integer array of shape"):
+        jaxmaf.Permute(jnp.array([1.0, 0.0]))
     with pytest.raises(
         ValueError, match=r"Permute input of shape \(\.\.\., 3\), got shape \(2, 4\)"
     ):

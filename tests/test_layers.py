@@ -127,6 +127,10 @@ def test_bad_layer_arguments_are_refused_by_name():
         jaxmaf.AutoregressiveLayer(made(), inverted=1)
     with pytest.raises(ValueError, match="permutation"):
         jaxmaf.Permutation([0, 0, 1])
+    with pytest.raises(ValueError, match="permutation of 0..2, got"):
+        jaxmaf.Permutation(jnp.array([0, 0, 1]))  # a JAX array's values are checked too
+    with pytest.raises(ValueError, match="integer array of shape"):
+        jaxmaf.Permutation(jnp.array([[1, 0]]))
 
 
 def test_a_generic_flow_saves_and_loads_into_a_flow_built_alike(tmp_path):
