@@ -243,20 +243,25 @@ class MAF(_AutoregressiveFlow):
         ``"tanh"``, ``"gelu"``, ``"elu"``, ``"silu"``, ...) or callable.
       context_dim: width of the conditioning input (0: unconditional).
       permutation: between layers: ``"auto"`` (default: the reversal for
-        ``dim <= 2``; above, random permutations, one draw per flow from
-        ``rngs``, as flowjax draws its own), ``"reverse"`` (or
-        ``"reversed"``, MADE's spelling), ``"random"`` (at any ``dim``),
-        ``"none"``, or an explicit list of ``num_layers - 1`` permutations.
-        Random draws come from ``mask_seed`` when it is given (numpy, no
-        device value), else from ``rngs``. The permutations are state
+        ``dim <= 2``; above, orders in which every input comes last, given
+        all the others, and first, as a marginal, once in any ``dim``
+        consecutive layers: cyclic shifts in 3-d, from 4-d random orders drawn
+        per flow; :func:`jaxmaf.masks.balanced_permutations`), ``"reverse"``
+        (or ``"reversed"``, MADE's spelling), ``"random"`` (independent
+        uniform draws at any ``dim``, as flowjax's), ``"none"``, or an
+        explicit list of ``num_layers - 1`` permutations. Random draws come
+        from ``mask_seed`` when it is given (numpy, no device value), else
+        from ``rngs``. The permutations are state
         (:class:`jaxmaf.PermutationIndex`, saved with the flow), not
         structure: flows with different draws share one graph definition,
         so ensembles stack them and ``nnx.eval_shape`` works. Varied orders
-        learn better than the alternating reversal above two dimensions:
-        1.7-2.8 nats lower test NLL on 10-, 30- and 64-d data; one draw per
-        flow rather than one fixed draw per dimension, because which orders a
-        data set gets moved its test NLL by more than any other factor
-        measured (``benchmarks/accuracy.py``, docs/benchmarks.md).
+        learn better than the alternating reversal above two dimensions
+        (1.7-2.8 nats on 10-, 30- and 64-d data). Independent draws are a
+        lottery in few dimensions: in 3-d, flows whose draw left one input
+        last in every layer scored 0.6-1.0 nats worse. With the balanced
+        orders, jaxmaf's mean test NLL against flowjax's over nine 3-8-d
+        data sets went from -0.026 to -0.122 nats, and none is worse
+        (``benchmarks/accuracy.py``, docs/benchmarks.md).
       hidden_degrees: MADE hidden-degree rule, ``"equal"`` or ``"random"``.
       transformer: ``"affine"``, ``"spline"``, or an :class:`jaxmaf.Affine` /
         :class:`jaxmaf.Spline` instance (scale parameterisation, bins, tail
@@ -281,15 +286,17 @@ class MAF(_AutoregressiveFlow):
       output_init_scale: initial scale of each MADE's output layer, a
         multiple of the hidden layers' draw (0: the flow starts exactly at
         the identity; 1: drawn like the hidden ones, as flowjax does). None:
-        the measured choice, 0.3 for an unconditional MAF with ``dim <= 2``
-        and 0 otherwise (and always 0 for IAF). In two dimensions the
-        identity start left holes in the learned density: single test points
-        at 30-110 nats, where the density falls by hundreds of nats within
-        0.05 of the point. A third of the random draw avoided them and
-        lowered the test NLL on 6 of 8 2-d data sets of
-        ``benchmarks/accuracy.py`` (10 seeds, -0.017 nats on average). Above
-        two dimensions every random start tried cost 0.1-2 nats
-        (docs/benchmarks.md).
+        the measured choice for an unconditional MAF: 0.3 with ``dim <= 2``,
+        1 with ``dim`` 3 or 4, and 0 above (always 0 with a context, and for
+        IAF). In two dimensions the identity start left holes in the learned
+        density: single test points at 30-110 nats, where the density falls
+        by hundreds of nats within 0.05 of the point. A third of the random
+        draw avoided them and lowered the test NLL on 6 of 8 2-d data sets
+        of ``benchmarks/accuracy.py`` (10 seeds, -0.017 nats on average). In
+        three and four dimensions the full draw lowered it by 0.02-0.17 nats
+        on 3 of 6 data sets and was neutral on the others (10 seeds, with the
+        default permutations); it was neutral in 5 and 6 dimensions and cost
+        0.15-1.6 nats from 8 up (docs/benchmarks.md).
       param_dtype: parameter dtype (float32; float64 under
         ``jax_enable_x64``).
       mask_seed: numpy seed of the random hidden degrees (with
@@ -330,8 +337,13 @@ class MAF(_AutoregressiveFlow):
 
     @staticmethod
     def default_output_init_scale(dim: int, context_dim: int) -> float:
-        """What ``output_init_scale=None`` means: 0.3 in 2-d without context, else 0."""
-        return 0.3 if dim <= 2 and context_dim == 0 else 0.0
+        """What ``output_init_scale=None`` means without context: 0.3 up to 2-d, 1 in 3-4-d.
+
+        Above four dimensions, and with a context, 0 (the identity start).
+        """
+        if context_dim:
+            return 0.0
+        return 0.3 if dim <= 2 else 1.0 if dim <= 4 else 0.0
 
 
 @constructor_signature

@@ -12,7 +12,7 @@ of :class:`jaxmaf.MaskedLinear` (``y = x @ (kernel * mask) + bias``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -283,21 +283,64 @@ def check_index_array(
 PERMUTATIONS = ("auto", "reverse", "random", "none")
 
 
+def balanced_permutations(dim: int, n: int, uniform: Callable[[], Any], xp: Any) -> list:
+    """``n`` permutations whose layer orders give every input each end of the order in turn.
+
+    The layer on the data side sees the inputs in their natural order; the
+    ``l``-th from it (``l = 0..n``) orders them starting with ``c[(l + 1) % dim]``
+    and ending with ``c[l % dim]``, where ``c`` is a random cycle through the
+    inputs (``c[0] = dim - 1`` and ``c[1] = 0``, the natural order's ends); the
+    inputs between come in a fresh random order. So over ``dim`` consecutive layers
+    every input is modelled once last, given all the others, and once first,
+    as a marginal: with independent draws one input can stay last, or first,
+    in every layer, and its conditional (or marginal) is then only as flexible
+    as a chain of affine maps. In 2-d this is the reversal; in 3-d cyclic
+    shifts, with nothing random.
+
+    Args:
+      dim: the data dimension (>= 2).
+      n: the number of permutations (layers - 1).
+      uniform: draws ``(dim,)`` uniform numbers in ``[0, 1)``, once per call.
+      xp: ``numpy`` or ``jax.numpy``, which computes them.
+
+    Returns:
+      ``n`` arrays of shape ``(dim,)`` in the flow's order (base side first),
+      permutations in :class:`jaxmaf.Permute`'s convention: on the density
+      side of one, the layers see ``x``, on its base side ``x[..., argsort(perm)]``.
+
+    Examples:
+      >>> [p.tolist() for p in balanced_permutations(3, 2, lambda: np.zeros(3), np)]
+      [[2, 0, 1], [2, 0, 1]]
+    """
+    idx = xp.arange(dim)
+    cycle = xp.argsort(xp.where(idx == dim - 1, -2.0, xp.where(idx == 0, -1.0, uniform())))
+    orders = [idx]
+    for layer in range(1, n + 1):
+        last, first = cycle[layer % dim], cycle[(layer + 1) % dim]
+        orders.append(
+            xp.argsort(xp.where(idx == first, -1.0, xp.where(idx == last, 2.0, uniform())))
+        )
+    steps = [xp.argsort(xp.argsort(a)[b]) for a, b in zip(orders, orders[1:], strict=False)]
+    return steps[::-1]  # the flow lists its layers base side first
+
+
 def layer_permutations(
     permutation: str | Sequence[Sequence[int]], dim: int, num_layers: int, seed: Any
 ) -> tuple[tuple[int, ...] | jax.Array, ...]:
     """The permutations a flow puts between consecutive layers (``num_layers - 1`` of them).
 
     Args:
-      permutation: ``"auto"`` (the reversal for ``dim <= 2``; above, random
-        permutations, as ``"random"``), ``"reverse"`` (or MADE's spelling
-        ``"reversed"``), ``"random"``, ``"none"``, or an explicit list.
+      permutation: ``"auto"`` (:func:`balanced_permutations`: the reversal
+        for ``dim <= 2``, cyclic shifts in 3-d, random orders that hand each
+        input both ends of the order in turn above), ``"reverse"`` (or MADE's
+        spelling ``"reversed"``), ``"random"`` (independent uniform draws),
+        ``"none"``, or an explicit list.
       dim: the data dimension.
       num_layers: the number of autoregressive layers.
       seed: for random permutations: an int ``mask_seed`` (a numpy stream of
         its own: constants, no device value), or an ``nnx.Rngs`` to draw them
-        from on the device (``jax.random.permutation`` with ``rngs.params()``;
-        abstract under ``nnx.eval_shape``).
+        from on the device (with ``rngs.params()``; abstract under
+        ``nnx.eval_shape``).
 
     Returns:
       a tuple of ``num_layers - 1`` permutations: tuples of ints, or int32
@@ -320,7 +363,19 @@ def layer_permutations(
         if len(permutation) != n:
             raise ValueError(f"Expected num_layers - 1 = {n} permutations, got {len(permutation)}.")
         perms = [check_permutation(p, dim) for p in permutation]
-    elif permutation == "random" or (permutation == "auto" and dim > 2):
+    elif permutation == "auto" and dim > 3:
+        if not isinstance(seed, int):  # nnx.Rngs: drawn on the device, one draw per flow
+            return tuple(
+                p.astype(jnp.int32)
+                for p in balanced_permutations(
+                    dim, n, lambda: jax.random.uniform(seed.params(), (dim,)), jnp
+                )
+            )
+        rng = np.random.default_rng([seed, 1])
+        perms = balanced_permutations(dim, n, lambda: rng.uniform(size=dim), np)
+    elif permutation == "auto" and dim == 3:  # the balanced design has nothing to draw in 3-d
+        perms = balanced_permutations(dim, n, lambda: np.zeros(dim), np)
+    elif permutation == "random":
         if not isinstance(seed, int):  # nnx.Rngs: drawn on the device, one draw per flow
             return tuple(
                 jax.random.permutation(seed.params(), dim).astype(jnp.int32) for _ in range(n)

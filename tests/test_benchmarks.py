@@ -190,6 +190,27 @@ def test_accuracy_shuffle_columns_reorders_every_split_alike():
     assert len(orders) > 1  # the seeds draw different orders
 
 
+def test_accuracy_lowdim_sets_are_standardized_splits_of_their_dimension():
+    """--datasets lowdim: six sets of 3 to 8 dimensions, each drawn from its seed,
+    standardized on all its points and split without overlap (2000/500/500; quick 400/100/100)."""
+    import numpy as np
+
+    accuracy = load_accuracy_module()
+    dims = {}
+    for name in accuracy.LOWDIM:
+        data = accuracy.load(name, quick=False)
+        dims[name] = data.train.shape[1]
+        assert [len(a) for a in (data.train, data.validation, data.test)] == [2000, 500, 500]
+        assert data.train.dtype == np.float32
+        whole = np.concatenate([data.train, data.validation, data.test])
+        np.testing.assert_allclose(whole.mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(whole.std(0), 1.0, atol=1e-4)
+        assert len(np.unique(whole, axis=0)) == len(whole)
+        np.testing.assert_array_equal(accuracy.load(name, quick=False).test, data.test)
+        assert accuracy.load(name, quick=True).train.shape == (400, dims[name])
+    assert sorted(dims.values()) == [3, 3, 4, 5, 6, 8]
+
+
 def test_jaxmaf_twin_computes_and_trains_like_flowjax():
     """flowjax's MAF in jaxmaf (its weights and permutations copied): the same density,
     and the same density after Adam steps on the same batches, in 2-d and above.

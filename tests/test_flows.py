@@ -240,8 +240,8 @@ def test_trained_parameters_change_density():
     assert not np.allclose(before, flow.log_prob(x))
 
 
-def test_default_permutations_reverse_in_2d_and_are_drawn_per_flow_above():
-    """ "auto": the reversal for D <= 2; above, random permutations drawn from rngs, one
+def test_default_permutations_reverse_in_2d_and_are_drawn_per_flow_above_3d():
+    """ "auto": the reversal for D <= 2; above 3-d, permutations drawn from rngs, one
     draw per flow, held as state: flows of one shape share their graph definition (ensembles
     stack), nnx.eval_shape works, and mask_seed fixes them without a device value."""
     flow2 = jaxmaf.MAF(2, 4, (8,), rngs=nnx.Rngs(0))
@@ -265,6 +265,38 @@ def test_default_permutations_reverse_in_2d_and_are_drawn_per_flow_above():
         expected = expected[..., np.argsort(p)]
     u, _ = zero.bijector().inverse_and_log_det(x)
     np.testing.assert_allclose(u, expected, atol=1e-6)
+
+
+def layer_orders(flow) -> np.ndarray:
+    """Each layer's input order in data coordinates, from the data side: (layers, dim)."""
+    orders = [np.arange(flow.dim)]
+    for p in flow.permutations[::-1]:  # the flow lists its layers base side first
+        orders.append(orders[-1][np.argsort(p)])
+    return np.array(orders)
+
+
+@pytest.mark.parametrize("dim,num_layers", [(2, 4), (3, 5), (4, 5), (4, 9), (5, 7), (10, 5)])
+@pytest.mark.parametrize("source", ["rngs", "mask_seed"])
+def test_default_permutations_give_every_input_each_end_of_the_order_in_turn(
+    dim, num_layers, source
+):
+    """ "auto": in any dim consecutive layers every input comes last once (modelled given all
+    the others) and first once (as a marginal); independent draws leave an input last, or
+    first, in every layer of some flows, whose conditional is then a chain of affine maps.
+    The orders are the flow's: an identity flow maps x to x in the base-side layer's order."""
+    for seed in range(6):
+        kwargs = {"mask_seed": seed} if source == "mask_seed" else {}
+        flow = jaxmaf.MAF(dim, num_layers, (8,), rngs=nnx.Rngs(seed), **kwargs)
+        orders = layer_orders(flow)
+        np.testing.assert_array_equal(orders[0], np.arange(dim))
+        for start in range(max(1, num_layers - dim + 1)):
+            window = orders[start : start + dim]
+            assert len(set(window[:, -1].tolist())) == len(window), (seed, orders)
+            assert len(set(window[:, 0].tolist())) == len(window), (seed, orders)
+    zero = jaxmaf.MAF(dim, num_layers, (8,), output_init_scale=0.0, rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(0), (4, dim))
+    u, _ = zero.bijector().inverse_and_log_det(x)
+    np.testing.assert_allclose(u, x[..., layer_orders(zero)[-1]], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [-1, (3, -2), (2.0,), (True,)])
@@ -292,14 +324,18 @@ def test_zero_output_init_is_identity():
     [
         (jaxmaf.MAF, 1, 0, 0.3),
         (jaxmaf.MAF, 2, 0, 0.3),
-        (jaxmaf.MAF, 3, 0, 0.0),
+        (jaxmaf.MAF, 3, 0, 1.0),
+        (jaxmaf.MAF, 4, 0, 1.0),
+        (jaxmaf.MAF, 5, 0, 0.0),
         (jaxmaf.MAF, 2, 1, 0.0),
+        (jaxmaf.MAF, 3, 1, 0.0),
         (jaxmaf.IAF, 2, 0, 0.0),
     ],
 )
 def test_default_output_init_scale(cls, dim, context_dim, scale):
-    """None means 0.3 for an unconditional MAF with dim <= 2 (recorded in the config), else
-    0: the identity flow, whose log-density is the base's. An explicit value wins."""
+    """None means 0.3 for an unconditional MAF with dim <= 2 and 1 with dim 3-4 (recorded in
+    the config), else 0: the identity flow, whose log-density is the base's. An explicit value
+    wins."""
     flow = cls(dim, 2, (8,), context_dim=context_dim, rngs=nnx.Rngs(0))
     assert flow.config.output_init_scale == scale
     x = jax.random.normal(jax.random.key(0), (5, dim))
