@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="default",
         help="comma-separated jaxmaf variants, each one change from the defaults (the names "
         "are the keys of VARIANTS in this file, e.g. ema_off,patience_none; perm_draw_M for "
-        "the permutations of mask_seed=M; A+B for two changes together)",
+        "the permutations of mask_seed=M; init_S for output_init_scale=S; A+B for two "
+        "changes together)",
     )
     p.add_argument("--no-flowjax", action="store_true")
     p.add_argument(
@@ -246,6 +247,16 @@ VARIANTS: dict[str, tuple] = {
         {},
         zero_base_means,
     ),
+    "base_mog": (
+        "a trainable mixture of 8 diagonal Gaussians as the base (the MAF paper's MAF MoG)",
+        {"base": "mog", "num_components": 8},
+        {},
+    ),
+    "base_mog_4": (
+        "a trainable mixture of 4 diagonal Gaussians as the base",
+        {"base": "mog", "num_components": 4},
+        {},
+    ),
     "batch_norm": (
         "batch norm between layers (the MAF paper's)",
         {"batch_norm": True},
@@ -296,7 +307,8 @@ def variant_spec(name: str) -> tuple:
 
     Besides the keys of VARIANTS: ``perm_draw_M``, the permutations of
     ``permutation="random", mask_seed=M`` (one fixed draw, the same for every
-    seed, as ``"auto"``'s is), and ``A+B``, the changes of A and B together.
+    seed, as ``"auto"``'s is), ``init_S`` (S a number), the output layer's
+    start ``output_init_scale=S``, and ``A+B``, the changes of A and B together.
 
     Raises:
       KeyError: an unknown name.
@@ -321,6 +333,13 @@ def variant_spec(name: str) -> tuple:
         return (
             f"permutations of one other fixed draw (mask_seed={m})",
             {"permutation": "random", "mask_seed": m},
+            {},
+        )
+    scale = name[len("init_") :] if name.startswith("init_") else ""
+    if name not in VARIANTS and scale.replace(".", "", 1).isdigit():
+        return (
+            f"output layer {scale} x its uniform draw",
+            {"output_init_scale": float(scale)},
             {},
         )
     return VARIANTS[name]
@@ -571,7 +590,7 @@ def main():
         except KeyError:
             raise SystemExit(
                 f"accuracy.py: error: unknown variant {v!r}: expected one of "
-                f"{', '.join(VARIANTS)}, perm_draw_M (M an integer) or A+B"
+                f"{', '.join(VARIANTS)}, perm_draw_M (M an integer), init_S (S a number) or A+B"
             ) from None
     if "default" not in variants:
         variants.insert(0, "default")
