@@ -154,6 +154,7 @@ def jaxmaf_impl(w):
         w["layers"],
         w["hidden"],
         transformer=transformer,
+        base="gaussian",  # the peers' and the floor's base (the default is a mixture in 2-d)
         output_init_scale=0.1,
         rngs=nnx.Rngs(0),
     )

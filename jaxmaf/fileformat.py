@@ -324,8 +324,8 @@ def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
 
     Examples:
       >>> flow = jaxmaf.MAF(2, 1, (4,), rngs=nnx.Rngs(0))
-      >>> sorted(flat_params(flow))[:2]
-      ['layers/0/conditioner/hidden/0/bias', 'layers/0/conditioner/hidden/0/kernel']
+      >>> sorted(flat_params(flow))[:4]  # a 2-d MAF's default base is a mixture
+      ['base/log_scales', 'base/logits', 'base/means', 'layers/0/conditioner/hidden/0/bias']
     """
     return to_named_arrays(nnx.state(module))
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmaf.bases import MixtureOfGaussians
 from jaxmaf.validation import check_context
 
 Array = jax.Array
@@ -54,7 +55,8 @@ def _distribution_class() -> type:
 
         @property
         def has_rsample(self) -> bool:
-            return True
+            # a mixture base's draws are not reparameterised in its weights
+            return not isinstance(self.flow.base, MixtureOfGaussians)
 
         def sample_with_intermediates(self, key, sample_shape=()):
             x, log_q = self.flow.sample_and_log_prob(key, tuple(sample_shape), self.context)
@@ -80,7 +82,8 @@ def as_numpyro(flow: nnx.Module, context: Any = None) -> Any:
     Usable wherever numpyro takes a distribution: a prior or likelihood in a
     model (``numpyro.sample("x", as_numpyro(flow))``), or a guide with fixed
     parameters. ``sample`` draws from the flow, ``log_prob`` is the flow's;
-    samples are reparameterised (``has_rsample``), and a sample drawn at a
+    samples are reparameterised (``has_rsample``; not with a mixture base,
+    ``base="mog"``, the default of a MAF of up to three dimensions), and a sample drawn at a
     site carries its log-density, so numpyro's ELBO never inverts an IAF. To
     let numpyro's SVI train the flow, use :func:`numpyro_flow` in the guide.
 

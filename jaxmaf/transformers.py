@@ -162,7 +162,8 @@ class Transformer(Protocol):
       ...         return self.inverse(x, params), jnp.zeros_like(x)
       >>> isinstance(Shift(), Transformer)
       True
-      >>> flow = jaxmaf.MAF(2, 2, (8,), transformer=Shift(), output_init_scale=0, rngs=nnx.Rngs(0))
+      >>> flow = jaxmaf.MAF(2, 2, (8,), transformer=Shift(), base="gaussian",
+      ...                   output_init_scale=0, rngs=nnx.Rngs(0))
       >>> flow.log_prob(jnp.zeros(2))  # the identity start: a standard normal
       Array(-1.837877, dtype=float32)
     """

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxmaf.bases import MixtureOfGaussians
 from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
@@ -220,10 +221,12 @@ def fit_variational(
         ``steps_per_block`` or ``eval_samples`` not an integer >= 1;
         ``seed`` not an integer >= 0; an ``optimizer`` without Optax's
         ``init``/``update``; a context missing, unexpected or of the wrong
-        width; a ``log_target`` that fails on, or does not return one real
-        per point for, a batch of the flow's samples (the message names the
-        shapes); ``resume`` without ``checkpoint_dir``, or from a state written
-        for another flow, run (batch size, block length, seed) or optimizer.
+        width; a flow with a mixture base (not reparameterisable in its
+        weights: pass ``base="gaussian"``); a ``log_target`` that fails on,
+        or does not return one real per point for, a batch of the flow's
+        samples (the message names the shapes); ``resume`` without
+        ``checkpoint_dir``, or from a state written for another flow, run
+        (batch size, block length, seed) or optimizer.
 
     Examples:
       >>> flow = jaxmaf.IAF(2, 2, (16,), rngs=nnx.Rngs(0))
@@ -244,6 +247,13 @@ def fit_variational(
         )
     optimizer = check_optimizer(optimizer)
     check_context(context, getattr(flow, "context_dim", 0))
+    if isinstance(getattr(flow, "base", None), MixtureOfGaussians):
+        raise ValueError(
+            "Expected flow to have a standard normal base (base='gaussian'), got a mixture "
+            "base: a mixture's draws carry no gradient to its weights, so the ELBO's gradient "
+            "would be biased. Build the variational flow with base='gaussian' (a MAF of up to "
+            "three dimensions has a mixture base by default; an IAF never does)."
+        )
     _check_target(log_target, flow, batch_size, context)
     dtype = jax.tree.leaves(nnx.state(flow, nnx.Param))[0].dtype
     context = None if context is None else jnp.asarray(context, dtype)

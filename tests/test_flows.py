@@ -349,6 +349,54 @@ def test_default_output_init_scale(cls, dim, context_dim, scale):
     assert explicit.config.output_init_scale == 0.7
 
 
+@pytest.mark.parametrize(
+    "cls,dim,context_dim,base",
+    [
+        (jaxmaf.MAF, 1, 0, "mog"),
+        (jaxmaf.MAF, 2, 0, "mog"),
+        (jaxmaf.MAF, 3, 0, "mog"),
+        (jaxmaf.MAF, 4, 0, "gaussian"),
+        (jaxmaf.MAF, 2, 1, "gaussian"),
+        (jaxmaf.IAF, 2, 0, "gaussian"),
+    ],
+)
+def test_default_base(tmp_path, cls, dim, context_dim, base):
+    """None means a mixture of 8 Gaussians for an unconditional MAF up to 3-d (recorded in the
+    config, so a saved flow rebuilds it), else the standard normal; the flow's density is its
+    layers' change of variables over that base. An explicit base wins."""
+    flow = cls(dim, 2, (8,), context_dim=context_dim, rngs=nnx.Rngs(0))
+    mixture = base == "mog"
+    assert flow.config.base == base and flow.config.num_components == (8 if mixture else 1)
+    assert isinstance(flow.base, jaxmaf.MixtureOfGaussians if mixture else jaxmaf.StandardNormal)
+    x = jax.random.normal(jax.random.key(0), (5, dim))
+    c = jnp.ones((5, context_dim)) if context_dim else None
+    u, log_det = flow.bijector(c).inverse_and_log_det(x)
+    if mixture:  # the mixture's density, written out, away from its equal-weight unit start
+        b = flow.base
+        b.log_scales[...] = 0.3 * jax.random.normal(jax.random.key(1), b.log_scales.shape)
+        b.logits[...] = jax.random.normal(jax.random.key(2), b.logits.shape)
+        z = (u[:, None, :] - b.means[...]) * jnp.exp(-b.log_scales[...])
+        comp = jax.scipy.stats.norm.logpdf(z).sum(-1) - b.log_scales[...].sum(-1)
+        base_lp = jax.scipy.special.logsumexp(comp + jax.nn.log_softmax(b.logits[...]), -1)
+    else:
+        base_lp = jax.scipy.stats.norm.logpdf(u).sum(-1)
+    np.testing.assert_allclose(flow.log_prob(x, context=c), base_lp + log_det, atol=1e-5)
+    jaxmaf.save(tmp_path / "flow.jaxmaf", flow)
+    loaded = jaxmaf.load(tmp_path / "flow.jaxmaf")
+    assert type(loaded.base) is type(flow.base)
+    np.testing.assert_array_equal(loaded.log_prob(x, context=c), flow.log_prob(x, context=c))
+    other = "gaussian" if mixture else "mog"
+    assert (
+        cls(dim, 2, (8,), context_dim=context_dim, base=other, rngs=nnx.Rngs(0)).config.base
+        == other
+    )
+    if mixture:
+        assert cls(dim, 2, (8,), num_components=3, rngs=nnx.Rngs(0)).base.means.shape == (3, dim)
+    else:
+        with pytest.raises(ValueError, match="num_components=3 applies to a mixture base only"):
+            cls(dim, 2, (8,), context_dim=context_dim, num_components=3, rngs=nnx.Rngs(0))
+
+
 # ---------------------------------------------------------------- dtype and errors
 @pytest.mark.parametrize("cls", [jaxmaf.MAF, jaxmaf.IAF])
 def test_float64_end_to_end(cls, x64):

@@ -207,7 +207,8 @@ def test_a_checkpoint_from_before_layers_were_modules_is_refused_by_name(tmp_pat
     directory = tmp_path / "run"
     shutil.copytree(DATA / "checkpoint_0.1.0", directory)
     data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
-    flow = jaxmaf.MAF(2, 2, (8,), output_init_scale=0.0, rngs=nnx.Rngs(0))  # as it was saved
+    # as it was saved (the normal base, the identity start)
+    flow = jaxmaf.MAF(2, 2, (8,), base="gaussian", output_init_scale=0.0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="before a flow's layers became modules"):
         jaxmaf.fit(
             flow,

@@ -42,6 +42,12 @@ def test_a_flow_as_the_likelihood_of_a_numpyro_model():
 
     log_joint, _ = numpyro.infer.util.log_density(model, (), {}, {})
     np.testing.assert_allclose(log_joint, flow.log_prob(x).sum(), rtol=1e-5)
+    # this flow's base is a mixture (a 2-d MAF's default): its draws are not reparameterised
+    # in the mixture weights, and the distribution says so
+    assert isinstance(flow.base, jaxmaf.MixtureOfGaussians)
+    assert not jaxmaf.as_numpyro(flow).has_rsample
+    normal = jaxmaf.MAF(2, 2, (16,), base="gaussian", rngs=nnx.Rngs(0))
+    assert jaxmaf.as_numpyro(normal).has_rsample
 
 
 def test_an_iaf_guide_trained_by_numpyro_svi_matches_a_banana(monkeypatch):

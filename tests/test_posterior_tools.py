@@ -135,8 +135,9 @@ def test_standardize_from_refuses_points_outside_the_support_and_bad_shapes():
 
 
 def test_sample_within_keeps_the_box_and_reports_the_acceptance_rate():
-    """At the identity a MAF is a standard normal: P(inside [0, 5]^2) = (Phi(5) - 1/2)^2."""
-    flow = jaxmaf.MAF(2, 2, (8,), output_init_scale=0.0, rngs=nnx.Rngs(0))
+    """At the identity a MAF with a normal base is a standard normal: P(inside [0, 5]^2) =
+    (Phi(5) - 1/2)^2."""
+    flow = jaxmaf.MAF(2, 2, (8,), base="gaussian", output_init_scale=0.0, rngs=nnx.Rngs(0))
     x, rate = flow.sample_within(jax.random.key(0), 4000, 0.0, 5.0)
     assert x.shape == (4000, 2) and bool(jnp.all((x >= 0.0) & (x <= 5.0)))
     assert rate == pytest.approx(0.25, abs=0.02)
