@@ -281,7 +281,7 @@ class MAF(_AutoregressiveFlow):
         the mixture lowered the mean test NLL by 0.05 nats (10 seeds; 0.18 on
         a grid of 25 Gaussians, 0.17 on the swiss roll, none worse beyond
         0.01), and by 0.04 on four 3-d sets; from four dimensions up it cost
-        0.1-6 nats on five of seven sets (docs/benchmarks.md).
+        0.02-6 nats on five of seven sets (docs/benchmarks.md).
       num_components: mixture components for ``base="mog"`` (None: 8); any
         other base has one, and a larger number is refused.
       batch_norm: a :class:`jaxmaf.BatchNorm` bijection between consecutive

@@ -82,10 +82,11 @@ def as_numpyro(flow: nnx.Module, context: Any = None) -> Any:
     Usable wherever numpyro takes a distribution: a prior or likelihood in a
     model (``numpyro.sample("x", as_numpyro(flow))``), or a guide with fixed
     parameters. ``sample`` draws from the flow, ``log_prob`` is the flow's;
-    samples are reparameterised (``has_rsample``; not with a mixture base,
-    ``base="mog"``, the default of a MAF of up to three dimensions), and a sample drawn at a
-    site carries its log-density, so numpyro's ELBO never inverts an IAF. To
-    let numpyro's SVI train the flow, use :func:`numpyro_flow` in the guide.
+    samples are reparameterised (``has_rsample``), except with a mixture base
+    (``base="mog"``, the default of a MAF of up to three dimensions), and a
+    sample drawn at a site carries its log-density, so numpyro's ELBO never
+    inverts an IAF. To let numpyro's SVI train the flow, use
+    :func:`numpyro_flow` in the guide.
 
     Args:
       flow: a :class:`jaxmaf.MAF` or :class:`jaxmaf.IAF`.
