@@ -366,8 +366,10 @@ def test_default_base(tmp_path, cls, dim, context_dim, base):
     layers' change of variables over that base. An explicit base wins."""
     flow = cls(dim, 2, (8,), context_dim=context_dim, rngs=nnx.Rngs(0))
     mixture = base == "mog"
-    assert flow.config.base == base and flow.config.num_components == (8 if mixture else 1)
-    assert isinstance(flow.base, jaxmaf.MixtureOfGaussians if mixture else jaxmaf.StandardNormal)
+    classes = {"mog": (8, jaxmaf.MixtureOfGaussians), "gaussian": (1, jaxmaf.StandardNormal)}
+    components, base_class = classes[base]
+    assert flow.config.base == base and flow.config.num_components == components
+    assert isinstance(flow.base, base_class)
     x = jax.random.normal(jax.random.key(0), (5, dim))
     c = jnp.ones((5, context_dim)) if context_dim else None
     u, log_det = flow.bijector(c).inverse_and_log_det(x)
