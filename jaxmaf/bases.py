@@ -46,6 +46,9 @@ class StandardNormal(nnx.Module):
       ((5, 2), (5,))
     """
 
+    # its draws are differentiable in every parameter of the flow above it
+    reparameterised = True
+
     def __init__(self, dim: int, param_dtype: jnp.dtype | None = None):
         self.dim = check_int("dim", dim, minimum=1)
         self.param_dtype = jnp.dtype(check_param_dtype(param_dtype))
@@ -69,7 +72,10 @@ class MixtureOfGaussians(nnx.Module):
 
     Component ``k`` has weight ``softmax(logits)[k]``, mean ``means[k]`` and
     standard deviations ``exp(log_scales[k])``. The weights start equal, the
-    scales at 1 and the means standard normal.
+    scales at 1 and the means standard normal. Its draws pick a component
+    at random, so they carry no gradient to the weights
+    (``reparameterised = False``): :func:`jaxmaf.fit_variational` refuses
+    it, and :func:`jaxmaf.as_numpyro` reports ``has_rsample=False``.
 
     Args:
       dim: event dimension >= 1.
@@ -83,6 +89,8 @@ class MixtureOfGaussians(nnx.Module):
       >>> base.means.shape, base.log_prob(jnp.zeros((3, 2))).shape
       ((4, 2), (3,))
     """
+
+    reparameterised = False
 
     def __init__(
         self,

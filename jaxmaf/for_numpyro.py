@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmaf.bases import MixtureOfGaussians
 from jaxmaf.validation import check_context
 
 Array = jax.Array
@@ -56,7 +55,7 @@ def _distribution_class() -> type:
         @property
         def has_rsample(self) -> bool:
             # a mixture base's draws are not reparameterised in its weights
-            return not isinstance(self.flow.base, MixtureOfGaussians)
+            return getattr(self.flow.base, "reparameterised", True)
 
         def sample_with_intermediates(self, key, sample_shape=()):
             x, log_q = self.flow.sample_and_log_prob(key, tuple(sample_shape), self.context)

@@ -17,7 +17,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxmaf.bases import MixtureOfGaussians
 from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
@@ -247,7 +246,7 @@ def fit_variational(
         )
     optimizer = check_optimizer(optimizer)
     check_context(context, getattr(flow, "context_dim", 0))
-    if isinstance(getattr(flow, "base", None), MixtureOfGaussians):
+    if not getattr(getattr(flow, "base", None), "reparameterised", True):
         raise ValueError(
             "Expected flow to have a standard normal base (base='gaussian'), got a mixture "
             "base: a mixture's draws carry no gradient to its weights, so the ELBO's gradient "
