@@ -12,8 +12,10 @@ prints:
 Then the time of ``import jaxmaf`` against ``import distrax`` (which jaxmaf
 imports), ``import jax`` and ``import flowjax.flows``, each in fresh processes,
 interleaved, medians. Last, one train step with the flow's state handed to the
-compiled step four ways (flat leaf lists, ``nnx.State``, the module itself,
-``nnx.jit`` with ``nnx.Optimizer``): the Python cost around each call.
+compiled step five ways (flat leaf lists, plain dicts from ``jaxmaf.split``,
+``nnx.State``, the module itself, ``nnx.jit`` with ``nnx.Optimizer``) and a
+jitted ``log_prob`` given the parameters three ways: the Python cost around
+each call.
 
 Workload: 2-d flows, 4 layers, MADE 64x64 (the circles example's), 1000
 points; a conditional MAF with 2 context dimensions.
@@ -197,42 +199,81 @@ def measure(cases, rounds):
     return rows
 
 
-def train_step_paths(rounds):
-    """One Adam step of a 2-d flow (4x128x128, batch 256), its state handed over four ways.
+def interleaved(calls, rounds, label):
+    """Times each of ``calls`` (name -> zero-argument call) in interleaved rounds.
 
-    Flat leaf lists; ``nnx.State`` to ``jax.jit`` (the natural split/merge way); the module
-    itself to ``jax.jit`` (a pytree); ``nnx.jit`` with ``nnx.Optimizer``. Same program work;
-    the differences are the Python handling of the arguments around each call.
+    Prints and returns each call's median and the median, over rounds, of its ratio to the
+    first call's time in the same round, with quartiles; warns where they spread over 30%.
+    """
+    for call in calls.values():  # compile and warm up
+        jax.block_until_ready(call())
+        jax.block_until_ready(call())
+    times = {n: [] for n in calls}
+    for _ in range(rounds):
+        for n, call in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            times[n].append(time.perf_counter() - t0)
+    base_name = next(iter(calls))
+    result = {}
+    for n in calls:
+        q1, ratio, q3 = quartiles([a / b for a, b in zip(times[n], times[base_name], strict=True)])
+        result[n] = dict(
+            median_ms=1e3 * statistics.median(times[n]), ratio=ratio, quartiles=(q1, q3)
+        )
+        noisy = q3 - q1 > 0.3 * ratio
+        print(
+            f"{label}, {n:<34} median {1e3 * statistics.median(times[n]):6.2f} ms   "
+            f"vs {base_name} {ratio:5.2f} [{q1:.2f}, {q3:.2f}]"
+            + ("  WARNING: noisy, quartiles wider than 30% of the ratio" if noisy else "")
+        )
+    return result
+
+
+def train_step_paths(rounds):
+    """One Adam step of a 2-d flow (4x128x128, batch 256), its state handed over five ways.
+
+    Flat leaf lists; plain dicts from ``jaxmaf.split``; ``nnx.State`` to ``jax.jit`` (the
+    ``nnx.split``/``nnx.merge`` way); the module itself to ``jax.jit`` (a pytree); ``nnx.jit``
+    with ``nnx.Optimizer``. Same program work; the differences are the Python handling of the
+    arguments around each call. Then ``log_prob`` of 1000 points from outside, the
+    parameters handed over the first three ways.
     """
     x = jax.random.normal(jax.random.key(0), (256, 2))
     opt = optax.adam(1e-3)
-    graphdef, params, rest = nnx.split(
-        jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0)), nnx.Param, ...
-    )
+
+    def new_flow():
+        return jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0))
+
+    graphdef, params, rest = nnx.split(new_flow(), nnx.Param, ...)
+    _, plain, plain_rest = jaxmaf.split(new_flow())
     leaves, treedef = jax.tree.flatten(params)
 
-    def nll(p):
-        return -nnx.merge(graphdef, p, rest).log_prob(x).mean()
+    def nll(p, r):
+        return -nnx.merge(graphdef, p, r).log_prob(x).mean()
+
+    def adam(loss):
+        @jax.jit
+        def step(p, o):
+            v, g = jax.value_and_grad(loss)(p)
+            u, o = opt.update(g, o, p)
+            return optax.apply_updates(p, u), o, v
+
+        return step
+
+    flat = adam(lambda ls: nll(jax.tree.unflatten(treedef, ls), rest))
+    dicts = adam(lambda p: nll(p, plain_rest))
+    state = adam(lambda p: nll(p, rest))
 
     @jax.jit
-    def flat(leaves, o):
-        v, g = jax.value_and_grad(lambda ls: nll(jax.tree.unflatten(treedef, ls)))(leaves)
-        u, o = opt.update(g, o, leaves)
-        return optax.apply_updates(leaves, u), o, v
-
-    @jax.jit
-    def state(p, o):
-        v, g = jax.value_and_grad(nll)(p)
+    def module(f, o):  # the module a pytree; its integer state (permutations) is no parameter
+        v, g = nnx.value_and_grad(lambda f: -f.log_prob(x).mean())(f)
+        p = nnx.state(f, nnx.Param)
         u, o = opt.update(g, o, p)
-        return optax.apply_updates(p, u), o, v
+        nnx.update(f, optax.apply_updates(p, u))
+        return f, o, v
 
-    @jax.jit
-    def module(f, o):
-        v, g = jax.value_and_grad(lambda f: -f.log_prob(x).mean())(f)
-        u, o = opt.update(g, o, f)
-        return optax.apply_updates(f, u), o, v
-
-    flow_d = jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0))
+    flow_d = new_flow()
     optimizer = nnx.Optimizer(flow_d, opt, wrt=nnx.Param)
 
     @nnx.jit
@@ -241,40 +282,38 @@ def train_step_paths(rounds):
         optimizer.update(f, g)
         return v
 
-    flow_c = jaxmaf.MAF(2, 4, (128, 128), rngs=nnx.Rngs(0))
+    flow_c = new_flow()
     carry = {
         "flat leaves": [flat, leaves, opt.init(leaves)],
+        "plain dicts (jaxmaf.split)": [dicts, plain, opt.init(plain)],
         "nnx.State to jax.jit": [state, params, opt.init(params)],
-        "module to jax.jit": [module, flow_c, opt.init(flow_c)],
+        "module to jax.jit": [module, flow_c, opt.init(nnx.state(flow_c, nnx.Param))],
     }
 
     def call(name):
-        if name == "nnx.jit + nnx.Optimizer":
-            return nnx_step(flow_d, optimizer)
         fn, a, o = carry[name]
         carry[name][1], carry[name][2], v = fn(a, o)
         return v
 
-    names = [*carry, "nnx.jit + nnx.Optimizer"]
-    for n in names:  # compile and warm up
-        jax.block_until_ready(call(n))
-        jax.block_until_ready(call(n))
-    times = {n: [] for n in names}
-    for _ in range(max(rounds, 3) * 5):
-        for n in names:
-            t0 = time.perf_counter()
-            jax.block_until_ready(call(n))
-            times[n].append(time.perf_counter() - t0)
-    result = {}
-    base = times["flat leaves"]
-    for n in names:
-        q1, ratio, q3 = quartiles([a / b for a, b in zip(times[n], base, strict=True)])
-        result[n] = dict(median_ms=1e3 * statistics.median(times[n]), ratio=ratio)
-        print(
-            f"train step, {n:<24} median {1e3 * statistics.median(times[n]):6.2f} ms   "
-            f"vs flat leaves {ratio:5.2f} [{q1:.2f}, {q3:.2f}]"
-        )
-    return result
+    calls = {n: (lambda n=n: call(n)) for n in carry}
+    calls["nnx.jit + nnx.Optimizer"] = lambda: nnx_step(flow_d, optimizer)
+    steps = interleaved(calls, max(rounds, 3) * 5, "train step")
+    print()
+    points = jax.random.normal(jax.random.key(1), (N, 2))
+    log_prob = jax.jit(lambda p, r, x: nnx.merge(graphdef, p, r).log_prob(x))
+    flat_log_prob = jax.jit(
+        lambda ls, r, x: nnx.merge(graphdef, jax.tree.unflatten(treedef, ls), r).log_prob(x)
+    )
+    log_probs = interleaved(
+        {
+            "flat leaves": lambda: flat_log_prob(leaves, rest, points),
+            "plain dicts (jaxmaf.split)": lambda: log_prob(plain, plain_rest, points),
+            "nnx.State to jax.jit": lambda: log_prob(params, rest, points),
+        },
+        max(rounds, 3) * 5,
+        f"log_prob {N}",
+    )
+    return dict(train_step=steps, log_prob=log_probs)
 
 
 def import_times(rounds):

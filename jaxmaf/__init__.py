@@ -19,6 +19,7 @@ from jaxmaf.epochs import check_data
 from jaxmaf.flow import Flow
 from jaxmaf.flows import IAF, MAF
 from jaxmaf.for_numpyro import as_numpyro, numpyro_flow, update_from_numpyro
+from jaxmaf.functional import split
 from jaxmaf.history import History
 from jaxmaf.layers import AutoregressiveLayer, Permutation, PermutationIndex
 from jaxmaf.logdet import dense_jacobian, dense_log_det, is_autoregressive, jacobian_nonzero
@@ -65,6 +66,7 @@ __all__ = [
     "masks",
     "numpyro_flow",
     "save",
+    "split",
     "standard_normal_log_prob",
     "update_from_numpyro",
 ]

@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
 # Each module may import only modules of a lower layer.
 LAYERS = [
     {"version"},
-    {"validation", "optimizers", "activations", "averaging", "chunking", "eager"},
+    {"validation", "optimizers", "activations", "averaging", "chunking", "eager", "functional"},
     {"history", "progress"},
     {"masks", "masked_linear", "splines", "batch_norm", "fileformat", "epochs", "logdet", "splits"},
     {"transformers", "toy_data", "legacy", "mask_records"},
