@@ -204,22 +204,28 @@ def interleaved(calls, rounds, label):
 
     Prints and returns each call's median and the median, over rounds, of its ratio to the
     first call's time in the same round, with quartiles; warns where they spread over 30%.
+    Also returns the mean of each call's last result: calls that compute the same thing
+    the same number of times agree.
     """
     for call in calls.values():  # compile and warm up
         jax.block_until_ready(call())
         jax.block_until_ready(call())
     times = {n: [] for n in calls}
+    last = {}
     for _ in range(rounds):
         for n, call in calls.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(call())
+            last[n] = jax.block_until_ready(call())
             times[n].append(time.perf_counter() - t0)
     base_name = next(iter(calls))
     result = {}
     for n in calls:
         q1, ratio, q3 = quartiles([a / b for a, b in zip(times[n], times[base_name], strict=True)])
         result[n] = dict(
-            median_ms=1e3 * statistics.median(times[n]), ratio=ratio, quartiles=(q1, q3)
+            median_ms=1e3 * statistics.median(times[n]),
+            ratio=ratio,
+            quartiles=(q1, q3),
+            last_value=float(jnp.mean(last[n])),  # every call made the same calls: equal
         )
         noisy = q3 - q1 > 0.3 * ratio
         print(

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {
     "triangular",
@@ -92,7 +94,9 @@ def test_accuracy_quick_writes_per_seed_nll(tmp_path):
 
 def test_interactive_quick_finds_no_recompilation(tmp_path):
     """The eager-call benchmark counts traces and compilations of each second eager call:
-    none for any of jaxmaf's public calls (MAF and IAF, exact and jacobi, conditional)."""
+    none for any of jaxmaf's public calls (MAF and IAF, exact and jacobi, conditional).
+    Its train-step table hands the state over five ways to the same Adam step, and its
+    log_prob table three ways: each way ends at the same loss and the same densities."""
     subprocess.run(
         [
             sys.executable,
@@ -101,7 +105,6 @@ def test_interactive_quick_finds_no_recompilation(tmp_path):
             "--import-rounds",
             "0",
             "--no-peers",
-            "--no-train-step",
             "--out",
             str(tmp_path),
         ],
@@ -114,6 +117,11 @@ def test_interactive_quick_finds_no_recompilation(tmp_path):
     for r in ours:
         assert (r["second_call_traces"], r["second_call_compiles"]) == (0, 0), r["name"]
         assert r["eager_median_ms"] > 0 and r["jit_median_ms"] > 0
+    for table, ways in (("train_step", 5), ("log_prob", 3)):
+        rows = result["train_step_paths"][table]
+        assert len(rows) == ways and "plain dicts (jaxmaf.split)" in rows
+        values = [r["last_value"] for r in rows.values()]
+        np.testing.assert_allclose(values, values[0], rtol=1e-5, err_msg=table)
 
 
 def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
