@@ -275,13 +275,16 @@ class MAF(_AutoregressiveFlow):
       residual: residual MADEs (masked residual blocks; all hidden widths equal).
       base: ``"gaussian"`` (standard normal) or ``"mog"`` (a learnable
         mixture of ``num_components`` diagonal Gaussians: MAF MoG). None: the
-        measured choice, ``"mog"`` for an unconditional MAF of up to three
-        dimensions, else ``"gaussian"`` (always for IAF, whose samples must
-        be reparameterised). On the ten 2-d sets of ``benchmarks/accuracy.py``
-        the mixture lowered the mean test NLL by 0.05 nats (10 seeds; 0.18 on
-        a grid of 25 Gaussians, 0.17 on the swiss roll, none worse beyond
-        0.01), and by 0.04 on four 3-d sets; from four dimensions up it cost
-        0.02-6 nats on five of seven sets (docs/benchmarks.md).
+        measured choice, ``"mog"`` for a MAF of up to three dimensions, with
+        a context or without, else ``"gaussian"`` (always for IAF, whose
+        samples must be reparameterised). On the ten 2-d sets of
+        ``benchmarks/accuracy.py`` the mixture lowered the mean test NLL by
+        0.05 nats (10 seeds; 0.18 on a grid of 25 Gaussians, 0.17 on the
+        swiss roll, none worse beyond 0.01), and by 0.04 on four 3-d sets;
+        from four dimensions up it cost 0.02-6 nats on five of seven sets.
+        As a posterior estimator (``benchmarks/npe_base.py``) it lowered
+        KL(p || q) by 0.09-1.2 nats on three multimodal 2-3-d posteriors and
+        raised it by 0.001-0.003 on three unimodal ones (docs/benchmarks.md).
       num_components: mixture components for ``base="mog"`` (None: 8); any
         other base has one, and a larger number is refused.
       batch_norm: a :class:`jaxmaf.BatchNorm` bijection between consecutive
@@ -360,8 +363,8 @@ class MAF(_AutoregressiveFlow):
 
     @staticmethod
     def default_base(dim: int, context_dim: int) -> str:
-        """What ``base=None`` means: 8 Gaussians up to 3-d without a context, else the normal."""
-        return "mog" if dim <= 3 and not context_dim else "gaussian"
+        """What ``base=None`` means: 8 Gaussians up to 3-d (with a context too), else the normal."""
+        return "mog" if dim <= 3 else "gaussian"
 
 
 @constructor_signature

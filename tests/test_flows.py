@@ -334,14 +334,17 @@ def test_zero_output_init_is_identity():
 )
 def test_default_output_init_scale(cls, dim, context_dim, scale):
     """None means 0.3 for an unconditional MAF with dim <= 2 and 1 with dim 3-4 (recorded in
-    the config), else 0: the identity flow, whose log-density is the base's. An explicit value
-    wins."""
+    the config), else 0: identity layers, which leave only the permutations between them. An
+    explicit value wins."""
     flow = cls(dim, 2, (8,), context_dim=context_dim, rngs=nnx.Rngs(0))
     assert flow.config.output_init_scale == scale
     x = jax.random.normal(jax.random.key(0), (5, dim))
     c = jnp.ones((5, context_dim)) if context_dim else None
-    base = jax.scipy.stats.norm.logpdf(x).sum(-1)
-    identity = np.allclose(flow.log_prob(x, context=c), base, atol=1e-5)
+    # identity layers: the flow only permutes the coordinates, with a zero log-determinant
+    u, log_det = flow.bijector(c).inverse_and_log_det(x)
+    identity = np.allclose(log_det, 0.0, atol=1e-5) and np.allclose(
+        np.sort(u, -1), np.sort(x, -1), atol=1e-5
+    )
     assert identity == (scale == 0.0)
     same = cls(dim, 2, (8,), context_dim=context_dim, output_init_scale=scale, rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(same.log_prob(x, context=c), flow.log_prob(x, context=c))
@@ -356,14 +359,18 @@ def test_default_output_init_scale(cls, dim, context_dim, scale):
         (jaxmaf.MAF, 2, 0, "mog"),
         (jaxmaf.MAF, 3, 0, "mog"),
         (jaxmaf.MAF, 4, 0, "gaussian"),
-        (jaxmaf.MAF, 2, 1, "gaussian"),
+        (jaxmaf.MAF, 2, 1, "mog"),
+        (jaxmaf.MAF, 3, 2, "mog"),
+        (jaxmaf.MAF, 4, 2, "gaussian"),
         (jaxmaf.IAF, 2, 0, "gaussian"),
+        (jaxmaf.IAF, 2, 1, "gaussian"),
     ],
 )
 def test_default_base(tmp_path, cls, dim, context_dim, base):
-    """None means a mixture of 8 Gaussians for an unconditional MAF up to 3-d (recorded in the
-    config, so a saved flow rebuilds it), else the standard normal; the flow's density is its
-    layers' change of variables over that base. An explicit base wins."""
+    """None means a mixture of 8 Gaussians for a MAF up to 3-d, with a context or without
+    (recorded in the config, so a saved flow rebuilds it), else the standard normal; the
+    flow's density is its layers' change of variables over that base. An explicit base
+    wins."""
     flow = cls(dim, 2, (8,), context_dim=context_dim, rngs=nnx.Rngs(0))
     mixture = base == "mog"
     classes = {"mog": (8, jaxmaf.MixtureOfGaussians), "gaussian": (1, jaxmaf.StandardNormal)}
