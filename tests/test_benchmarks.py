@@ -124,6 +124,30 @@ def test_interactive_quick_finds_no_recompilation(tmp_path):
         np.testing.assert_allclose(values, values[0], rtol=1e-5, err_msg=table)
 
 
+def test_npe_base_quick_scores_each_base_and_the_default_is_the_mixture(tmp_path):
+    """--quick (the 3-d beta-binomial, one seed, two epochs): a finite KL(p || q) per base,
+    and ``base=None`` builds exactly the flow that ``base="mog"`` builds (the same KL),
+    which is not the normal base's."""
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "npe_base.py"),
+            "--quick",
+            "--bases",
+            "gaussian,mog,default",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    runs = json.loads((tmp_path / "npe_base.json").read_text())["runs"]
+    gaussian, mog, default = (runs[f"beta_binomial/0/{b}"] for b in ("gaussian", "mog", "default"))
+    assert all(math.isfinite(k) for r in (gaussian, mog, default) for k in r["kl"])
+    assert default["base"] == mog["base"] == "mog" and gaussian["base"] == "gaussian"
+    assert default["kl"] == mog["kl"] and default["kl"] != gaussian["kl"]
+
+
 def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
     """--quick, one target and one optimizer, no numpyro: the JSON carries the per-round
     steps/s, their median and a finite KL of the fitted IAF (the banana, log Z = 0)."""
