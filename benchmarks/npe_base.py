@@ -28,7 +28,6 @@ import math
 import os
 import statistics
 import sys
-import time
 
 TASKS = (
     "two_moons",
@@ -66,10 +65,6 @@ if __name__ == "__main__":
 
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
-
-import jaxmaf
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 import posterior_estimation as pe  # noqa: E402 - the example's simulators and training rules
@@ -103,39 +98,6 @@ def task_class(name: str) -> type:
     return next(cls for cls in pe.TASKS if cls.name == name)
 
 
-def train(task, theta, x, seed, base, epochs):
-    """The example's jaxmaf training (sbi's rules) with the given base."""
-    n_val = len(theta) // 10
-    flow = jaxmaf.MAF(
-        task.dim,
-        pe.LAYERS,
-        pe.HIDDEN,
-        activation="tanh",
-        context_dim=task.context_dim,
-        support=task.support,
-        base=None if base == "default" else base,
-        rngs=nnx.Rngs(seed),
-    )
-    optimizer = optax.chain(optax.clip_by_global_norm(pe.CLIP), optax.adam(pe.LEARNING_RATE))
-    t0 = time.perf_counter()
-    history = jaxmaf.fit(
-        flow,
-        theta[n_val:],
-        context=x[n_val:],
-        validation_data=theta[:n_val],
-        validation_context=x[:n_val],
-        optimizer=optimizer,
-        batch_size=pe.BATCH,
-        num_epochs=epochs,
-        patience=pe.PATIENCE,
-        patience_se=None,
-        standardize=True,
-        seed=seed,
-        progress=False,
-    )
-    return flow, history, time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     tasks, seeds = args.tasks.split(","), range(args.seeds)
@@ -153,8 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
             observations = task.simulate(rng, task.prior(rng, n_obs))
             exact = [task.exact_draws(rng, x_o, draws) for x_o in observations]
             for base in bases:
-                flow, history, seconds = train(
-                    task, theta.astype(np.float32), x.astype(np.float32), seed, base, epochs
+                flow, seconds, history = pe.train_jaxmaf(
+                    task,
+                    theta.astype(np.float32),
+                    x.astype(np.float32),
+                    seed,
+                    epochs,
+                    base=None if base == "default" else base,
                 )
                 kls = []
                 for x_o, ex in zip(observations, exact, strict=True):

@@ -339,7 +339,7 @@ def c2st(p, q, seed=0):
 
 
 # ------------------------------------------------------------------ jaxmaf
-def train_jaxmaf(task, theta, x, seed, epochs, transformer="affine"):
+def train_jaxmaf(task, theta, x, seed, epochs, transformer="affine", base=None):
     n_val = len(theta) // 10
     flow = jaxmaf.MAF(
         task.dim,
@@ -349,6 +349,7 @@ def train_jaxmaf(task, theta, x, seed, epochs, transformer="affine"):
         activation="tanh",
         context_dim=task.context_dim,
         support=task.support,
+        base=base,
         rngs=nnx.Rngs(seed),
     )
     optimizer = optax.chain(optax.clip_by_global_norm(CLIP), optax.adam(LEARNING_RATE))
