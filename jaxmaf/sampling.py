@@ -208,12 +208,12 @@ class Sampling:
         chunk_size: int | None,
     ) -> tuple[Array, Array]:
         u = self._base_noise(key, shape, context)
+        return self._chunked(self._from_noise, u, context, chunk_size)
 
-        def sample_and_log_prob(u, context):
-            x, log_det = self.bijector(context).forward_and_log_det(u)
-            return x, self.base_log_prob(u) - log_det
-
-        return self._chunked(sample_and_log_prob, u, context, chunk_size)
+    def _from_noise(self, u: Array, context: Array | None) -> tuple[Array, Array]:
+        """Base draws ``u`` pushed through the flow: the samples and their log-densities."""
+        x, log_det = self.bijector(context).forward_and_log_det(u)
+        return x, self.base_log_prob(u) - log_det
 
     def _check_sampling(
         self, key: Array, sample_shape: Sequence[int] | int, context: Array | None
