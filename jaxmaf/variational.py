@@ -201,10 +201,9 @@ def fit_variational(
     (``lax.scan``), which draws the base noise of many steps at once (at
     most 2**21 numbers per draw). After each block the ELBO of the current
     parameters is estimated on the same ``eval_samples`` draws every time,
-    and the flow
-    ends with the parameters of the best block. A non-finite ELBO (a target
-    that overflows, a step too large) stops training with a warning and
-    keeps the best parameters; so does Ctrl-C.
+    and the flow ends with the parameters of the best block. A non-finite
+    ELBO (a target that overflows, a step too large) stops training with a
+    warning and keeps the best parameters; so does Ctrl-C.
 
     Args:
       flow: a :class:`jaxmaf.IAF` (the usual variational family) or
