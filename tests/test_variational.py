@@ -196,9 +196,16 @@ def test_float64_is_kept_end_to_end(x64, stl):
 
     # The training draws too: one frozen step's ELBO, recomputed from the first block's key.
     h = jaxmaf.fit_variational(
-        flow, gaussian, num_steps=1, steps_per_block=1, batch_size=64, optimizer=optax.sgd(0.0),
-        stick_the_landing=stl, seed=3, progress=False,
-    )  # fmt: skip
+        flow,
+        gaussian,
+        num_steps=1,
+        steps_per_block=1,
+        batch_size=64,
+        optimizer=optax.sgd(0.0),
+        stick_the_landing=stl,
+        seed=3,
+        progress=False,
+    )
     (draw_key,) = jax.random.split(jax.random.split(key)[1], 1)
     x, log_q = flow.sample_and_log_prob(draw_key, (1, 64))
     assert abs(float(jnp.mean(gaussian(x[0]) - log_q[0])) - h.train_elbo[0]) < 1e-12
