@@ -149,7 +149,7 @@ def test_npe_base_quick_scores_each_base_and_the_default_is_the_mixture(tmp_path
 
 
 def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
-    """--quick, one target and one optimizer, no numpyro: the JSON carries the per-round
+    """--quick, one target, two variants, no numpyro: the JSON carries the per-round
     steps/s, their median and a finite KL of the fitted IAF (the banana, log Z = 0)."""
     subprocess.run(
         [
@@ -160,7 +160,7 @@ def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
             "--targets",
             "banana",
             "--variants",
-            "adam",
+            "adam,noise_per_step",
             "--out",
             str(tmp_path),
         ],
@@ -173,7 +173,11 @@ def test_variational_speed_quick_writes_rates_and_kl(tmp_path):
     assert entry["median"]["adam"] == entry["steps_per_s"]["adam"][0] > 0
     # KL(q || p) >= 0 up to Monte Carlo error; 200 steps from the base leave it well under
     # the KL of the standard normal base itself (1.0 nats for this banana).
-    assert -0.01 < entry["kl_20000_samples"]["adam"] < 0.5
+    kl = entry["kl_20000_samples"]
+    assert -0.01 < kl["adam"] < 0.5 and -0.01 < kl["noise_per_step"] < 0.5
+    # Per-step draws are other numbers: a different fit. Equal KLs would mean the budget was
+    # not set for that variant, or not restored for the next.
+    assert kl["adam"] != kl["noise_per_step"]
 
 
 def load_accuracy_module():
