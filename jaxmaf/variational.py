@@ -85,8 +85,9 @@ NOISE_BUDGET = 1 << 21  # base-noise numbers drawn at once for a group of steps 
 def _steps_per_draw(steps: int, numbers_per_step: int) -> int:
     """The most steps, a divisor of ``steps``, whose base noise is drawn in one call.
 
-    One draw of ``jax.random.normal`` for many steps costs far less than one per step
-    (on a CPU the 10-d funnel's step fell from 245 to 157 us); the bound keeps the
+    Noise drawn inside a step was recomputed there: XLA fused the normal's inverse error
+    function into every operation that read it (9 in the 10-d funnel's step, whose time
+    fell from 245 to 157 us on a CPU when the noise came in drawn). The bound keeps a
     draw's memory at ``NOISE_BUDGET`` numbers.
     """
     bound = min(steps, max(1, NOISE_BUDGET // numbers_per_step))
