@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxmaf.elbo import elbo as estimate_elbo
 from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
@@ -57,26 +58,6 @@ class VariationalHistory:
 
 
 VARIATIONAL_STATE = "variational_state.msgpack"
-
-
-def _elbo(params, rest, graphdef, u, log_target, context, stl=False):
-    """Monte Carlo ELBO ``mean(log_target(x) - log q(x))``, ``x`` the flow's map of noise ``u``.
-
-    The draws are reparameterised: ``x`` moves with the parameters at fixed ``u``.
-    With ``stl`` (sticking the landing, Roeder et al. 2017) ``log q`` is evaluated with the
-    parameters held constant, so the gradient keeps the path through ``x`` and drops the
-    score term ``d/dparams log q(x)`` at fixed ``x``, whose expectation is zero; the value
-    is the same.
-    """
-    flow = nnx.merge(graphdef, params, rest)
-    if stl:
-        x = flow.bijector(context).forward(u)
-        frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params), rest)
-        log_q = frozen.log_prob(x, context)
-    else:
-        x, log_q = flow._from_noise(u, context)
-    log_p = log_target(x) if context is None else log_target(x, context)
-    return jnp.mean(log_p - log_q)
 
 
 NOISE_BUDGET = 1 << 21  # base-noise numbers drawn at once for a group of steps (8 MB in f32)
@@ -129,10 +110,12 @@ def _block(
 
     def step(carry, u):
         params, opt_state = carry
-        elbo, grads = jax.value_and_grad(_elbo)(params, rest, graphdef, u, log_target, context, stl)
+        value, grads = jax.value_and_grad(estimate_elbo)(
+            params, rest, graphdef, u, log_target, context, stl
+        )
         grads = jax.tree.map(jnp.negative, grads)  # maximise
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), elbo
+        return (optax.apply_updates(params, updates), opt_state), value
 
     flow = nnx.merge(graphdef, params, rest)
 
@@ -143,7 +126,7 @@ def _block(
     key, sub = jax.random.split(key)
     draw_keys = jax.random.split(sub, steps // steps_per_draw)
     (params, opt_state), elbos = jax.lax.scan(draw_then_step, (params, opt_state), draw_keys)
-    judged = _elbo(params, rest, graphdef, eval_noise, log_target, context)
+    judged = estimate_elbo(params, rest, graphdef, eval_noise, log_target, context)
     # A non-finite step poisons what follows: report it even if the last estimate is finite.
     train = jnp.where(jnp.all(jnp.isfinite(elbos)), jnp.mean(elbos), jnp.nan)
     return params, opt_state, key, train, judged
@@ -231,9 +214,12 @@ def fit_variational(
         ``log q`` of each sample is evaluated with the parameters held
         constant, which drops a zero-mean term from the gradient, so its
         variance falls to zero as ``q`` approaches the target (measured in
-        ``examples/variational.py``). It needs ``log_prob`` of the samples:
-        for an IAF that is the sequential direction (``dim`` passes per
-        layer), so each step costs more.
+        ``examples/variational.py``). It needs the score ``grad_x log q`` of
+        the samples, which costs more per step. For an IAF of 3 or more
+        dimensions it comes from the sampling pass's Jacobian (one pass with
+        ``dim`` tangents and a ``dim x dim`` solve per sample; see
+        :mod:`jaxmaf.elbo`), otherwise from ``log_prob``, the sequential
+        direction of an IAF (``dim`` passes per layer).
 
     Returns:
       a :class:`VariationalHistory`.

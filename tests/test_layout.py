@@ -22,7 +22,7 @@ LAYERS = [
     {"flow"},
     {"flows"},
     {"serialization", "for_numpyro"},
-    {"checkpoint", "train_state", "ensemble"},
+    {"checkpoint", "train_state", "ensemble", "elbo"},
     {"variational"},
     {"training"},
     {"plotting"},
