@@ -25,6 +25,8 @@ Array = jax.Array
 JACOBIAN_BUDGET = 1 << 22
 """The most Jacobian entries (samples x dim x dim) the score may build (16 MB in float32)."""
 
+SCORES = ("auto", "jacobian", "log_prob")
+
 
 def _log_p(log_target: Callable[..., Array], x: Array, context: Array | None) -> Array:
     return log_target(x) if context is None else log_target(x, context)
@@ -110,6 +112,7 @@ def elbo(
     log_target: Callable[..., Array],
     context: Array | None = None,
     stl: bool = False,
+    score: str = "auto",
 ) -> Array:
     """Monte Carlo ELBO ``mean(log_target(x) - log q(x))``, ``x`` the flow's map of noise ``u``.
 
@@ -117,8 +120,8 @@ def elbo(
     ``u``. With ``stl`` (sticking the landing) the gradient drops the score
     term ``d/dparams log q(x)`` at fixed ``x``, whose expectation is zero, and
     keeps the path through ``x``; the value is the same. The score comes from
-    :func:`score_from_noise` where :func:`uses_jacobian` says so, else from
-    ``log_prob`` with the parameters held constant.
+    :func:`score_from_noise` or from ``log_prob`` with the parameters held
+    constant: the same vector, computed two ways.
 
     Args:
       params: the flow's parameters (``nnx.split(flow, nnx.Param, ...)[1]``).
@@ -128,9 +131,15 @@ def elbo(
       log_target: ``log_target(x)``, or ``log_target(x, context)`` with a context.
       context: ``(..., context_dim)`` for a conditional flow, else None.
       stl: the sticking-the-landing gradient.
+      score: with ``stl``, how the score is computed: ``"jacobian"``
+        (:func:`score_from_noise`), ``"log_prob"``, or ``"auto"``: the
+        Jacobian where :func:`uses_jacobian` says so.
 
     Returns:
       the scalar estimate.
+
+    Raises:
+      ValueError: an unknown ``score``.
 
     Examples:
       >>> flow = jaxmaf.IAF(3, 2, (16,), rngs=nnx.Rngs(0))  # untrained: q = N(0, I)
@@ -140,12 +149,14 @@ def elbo(
       >>> [round(float(elbo(params, rest, graphdef, u, log_target, stl=s)), 4) for s in (0, 1)]
       [2.7568, 2.7568]
     """
+    if score not in SCORES:
+        raise ValueError(f"Expected score to be one of {', '.join(SCORES)}, got {score!r}.")
     flow = nnx.merge(graphdef, params, rest)
     if not stl:
         x, log_q = flow._from_noise(u, context)
         return jnp.mean(_log_p(log_target, x, context) - log_q)
     frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params), rest)
-    if uses_jacobian(flow, u, context):
+    if score == "jacobian" or (score == "auto" and uses_jacobian(flow, u, context)):
         x, log_q = flow._from_noise(u, context)
         log_p = _log_p(log_target, x, context)
         score = jax.lax.stop_gradient(score_from_noise(frozen, u, context))

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from jaxmaf.elbo import elbo as estimate_elbo
+from jaxmaf.elbo import uses_jacobian
 from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
@@ -84,7 +85,7 @@ def _steps_per_draw(steps: int, numbers_per_step: int) -> int:
         "batch_size",
         "steps",
         "steps_per_draw",
-        "stl",
+        "score",
     ),
 )
 def _block(
@@ -101,17 +102,18 @@ def _block(
     batch_size,
     steps,
     steps_per_draw,
-    stl,
+    score,
 ):
     """``steps`` optimizer steps in one program, then the ELBO of the result on fixed draws.
 
     The base noise of ``steps_per_draw`` steps is drawn at once, and the steps scan it.
+    ``score``: None for the plain gradient, else how sticking the landing gets its score.
     """
 
     def step(carry, u):
         params, opt_state = carry
         value, grads = jax.value_and_grad(estimate_elbo)(
-            params, rest, graphdef, u, log_target, context, stl
+            params, rest, graphdef, u, log_target, context, score is not None, score or "auto"
         )
         grads = jax.tree.map(jnp.negative, grads)  # maximise
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -275,6 +277,10 @@ def fit_variational(
     eval_noise = flow._base_noise(eval_key, (eval_samples,), context)  # the same every block
     numbers_per_step = math.prod(eval_noise.shape[1:]) * batch_size
     steps_per_draw = _steps_per_draw(steps_per_block, numbers_per_step)
+    score = None  # decided here, not while tracing: a static argument of the compiled block
+    if stick_the_landing:
+        u = jax.ShapeDtypeStruct((batch_size,) + eval_noise.shape[1:], eval_noise.dtype)
+        score = "jacobian" if uses_jacobian(flow, u, context) else "log_prob"
     history = VariationalHistory()
     best, start_block = params, 0
     fingerprint = dict(
@@ -312,7 +318,7 @@ def fit_variational(
                 batch_size=batch_size,
                 steps=steps_per_block,
                 steps_per_draw=steps_per_draw,
-                stl=stick_the_landing,
+                score=score,
             )
             train, judged = float(train), float(judged)
             if not (math.isfinite(train) and math.isfinite(judged)):

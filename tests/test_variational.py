@@ -100,7 +100,7 @@ STL_FLOWS = {
 
 
 @pytest.mark.parametrize("name", STL_FLOWS)
-def test_sticking_the_landing_score_by_jacobian_equals_by_log_prob(x64, monkeypatch, name):
+def test_sticking_the_landing_score_by_jacobian_equals_by_log_prob(x64, name):
     """The score from the sampling pass's Jacobian (J^-T grad_u log q) is log_prob's gradient:
     the STL gradient agrees with the one through the sequential log_prob to 1e-9 in float64,
     for random orders, splines and a batch of contexts, away from the identity start."""
@@ -116,13 +116,11 @@ def test_sticking_the_landing_score_by_jacobian_equals_by_log_prob(x64, monkeypa
         return -0.5 * jnp.sum((x - 1.0 - shift) ** 2 / (1.0 + jnp.arange(x.shape[-1])), -1)
 
     args = (rest, graphdef, u, target, context, True)
-    merged = nnx.merge(graphdef, params, rest)
-    assert jaxmaf.elbo.uses_jacobian(merged, u, context)
-    value, by_jacobian = jax.value_and_grad(jaxmaf.elbo.elbo)(params, *args)
-    monkeypatch.setattr(jaxmaf.elbo, "JACOBIAN_BUDGET", 0)
-    assert not jaxmaf.elbo.uses_jacobian(merged, u, context)
-    reference, by_log_prob = jax.value_and_grad(jaxmaf.elbo.elbo)(params, *args)
-    assert abs(float(value - reference)) < 1e-9
+    assert jaxmaf.elbo.uses_jacobian(nnx.merge(graphdef, params, rest), u, context)
+    grad = jax.value_and_grad(jaxmaf.elbo.elbo)
+    (value, by_jacobian), (auto, _) = (grad(params, *args, s) for s in ("jacobian", "auto"))
+    reference, by_log_prob = grad(params, *args, "log_prob")
+    assert float(value) == float(auto) and abs(float(value - reference)) < 1e-9
     flat_j, flat_l = (
         jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (by_jacobian, by_log_prob)
     )
@@ -145,6 +143,24 @@ def test_the_jacobian_is_used_where_it_saves_passes(monkeypatch):
     monkeypatch.setattr(jaxmaf.elbo, "JACOBIAN_BUDGET", 64 * 5 * 9)
     assert uses(iaf, jnp.zeros((64, 5, 3)), ctx) and uses(iaf, jnp.zeros((64, 1, 3)), ctx)
     assert not uses(iaf, jnp.zeros((65, 1, 3)), ctx)  # 65 x 5 samples x 9 entries: over
+
+
+def test_fit_variational_chooses_the_score_before_compiling(monkeypatch):
+    """The Jacobian-or-log_prob choice is a static argument: changing the budget between two
+    runs compiles another program, and both fits agree (the same gradient up to rounding)."""
+    kw = dict(num_steps=50, batch_size=32, steps_per_block=50, progress=False)
+    kw.update(optimizer=optax.adam(1e-2), stick_the_landing=True)
+    fits, target = [], lambda x: -0.5 * jnp.sum((x - 1.0) ** 2, -1)  # one target: one program
+    for budget in (jaxmaf.elbo.JACOBIAN_BUDGET, 0):
+        monkeypatch.setattr(jaxmaf.elbo, "JACOBIAN_BUDGET", budget)
+        flow = jaxmaf.IAF(3, 2, (16,), rngs=nnx.Rngs(0))
+        size = jaxmaf.variational._block._cache_size()
+        jaxmaf.fit_variational(flow, target, **kw)
+        assert jaxmaf.variational._block._cache_size() == size + 1
+        fits.append(jax.tree.leaves(nnx.state(flow, nnx.Param)))
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*fits, strict=True)) < 1e-4
+    with pytest.raises(ValueError, match="score to be one of auto, jacobian, log_prob"):
+        jaxmaf.elbo.elbo(None, None, None, jnp.zeros((2, 3)), None, None, True, "exact")
 
 
 def test_amortised_over_a_batch_of_contexts():
