@@ -15,7 +15,11 @@ as it ships), ``flatten_adam`` (``optax.flatten(optax.adam)``: one flat
 vector for the update; the same updates for an elementwise optimizer, fewer
 kernels) and ``noise_per_step`` (``optax.adam`` with the base noise drawn
 inside every step, as fit_variational did before 2026-11-27: its
-``NOISE_BUDGET`` set to 1 for those runs; the same distribution of draws).
+``NOISE_BUDGET`` set to 1 for those runs; the same distribution of draws),
+``stl`` (``stick_the_landing=True``: for an IAF of 3+ dimensions the score
+from the sampling pass's Jacobian) and ``stl_log_prob`` (the same with the
+score from the sequential ``log_prob``, as before 2026-11-27:
+``jaxmaf.elbo.JACOBIAN_BUDGET`` set to 0).
 
 Run: python benchmarks/variational_speed.py [--out DIR] [--steps N] [--rounds N]
        [--targets funnel,banana] [--variants adam,flatten_adam] [--no-numpyro] [--quick]
@@ -30,7 +34,7 @@ import statistics
 import sys
 import time
 
-VARIANTS = ("adam", "flatten_adam", "noise_per_step")
+VARIANTS = ("adam", "flatten_adam", "noise_per_step", "stl", "stl_log_prob")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,9 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         def fit(variant, log_target=log_target, dim=dim):
             flow = example.make_iaf(dim, 0)
-            budget = jaxmaf.variational.NOISE_BUDGET
+            budget, jacobian_budget = jaxmaf.variational.NOISE_BUDGET, jaxmaf.elbo.JACOBIAN_BUDGET
             if variant == "noise_per_step":
                 jaxmaf.variational.NOISE_BUDGET = 1  # one draw per step
+            if variant == "stl_log_prob":
+                jaxmaf.elbo.JACOBIAN_BUDGET = 0  # the score from log_prob
             try:
                 t0 = time.perf_counter()
                 jaxmaf.fit_variational(
@@ -110,11 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
                     optimizer=variants[variant],
                     seed=0,
                     progress=False,
+                    stick_the_landing=variant.startswith("stl"),
                 )
                 jax.block_until_ready(nnx.state(flow))
                 return args.steps / (time.perf_counter() - t0), flow
             finally:
                 jaxmaf.variational.NOISE_BUDGET = budget
+                jaxmaf.elbo.JACOBIAN_BUDGET = jacobian_budget
 
         rates = {v: [] for v in variants}
         kl = {}
