@@ -159,8 +159,8 @@ def elbo(
     if score == "jacobian" or (score == "auto" and uses_jacobian(flow, u, context)):
         x, log_q = flow._from_noise(u, context)
         log_p = _log_p(log_target, x, context)
-        score = jax.lax.stop_gradient(score_from_noise(frozen, u, context))
-        path = jnp.mean(log_p - jnp.sum(score * x, -1))  # its gradient is the STL gradient
+        grad_log_q = jax.lax.stop_gradient(score_from_noise(frozen, u, context))
+        path = jnp.mean(log_p - jnp.sum(grad_log_q * x, -1))  # its gradient: the STL gradient
         return jax.lax.stop_gradient(jnp.mean(log_p - log_q) - path) + path
     x = flow.bijector(context).forward(u)
     return jnp.mean(_log_p(log_target, x, context) - frozen.log_prob(x, context))
