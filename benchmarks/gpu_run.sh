@@ -90,7 +90,8 @@ run jacobi_sampling "${CAP_JACOBI:-80}" benchmarks/jacobi_sampling.py
 for s in 0 1 2; do
   run "variational_seed$s" "${CAP_VARIATIONAL:-110}" examples/variational.py --seed "$s"
 done
-run variational_speed "${CAP_VISPEED:-120}" benchmarks/variational_speed.py
+# five variants (two with sticking the landing, one through the sequential log_prob) and numpyro
+run variational_speed "${CAP_VISPEED:-300}" benchmarks/variational_speed.py
 
 if [ -n "${ACCURACY_SEEDS:-}" ] && [ -z "${ONLY:-}" ]; then
   echo
