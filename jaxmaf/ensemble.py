@@ -16,9 +16,10 @@ import optax
 from flax import nnx
 
 from jaxmaf.averaging import DEFAULT_EMA_EPOCHS, ema_decay, with_parameter_average
-from jaxmaf.epochs import STATIC, against, epoch_body, judge_rows, place, prepare, split_modes
+from jaxmaf.epochs import against, epoch_body, judge_rows, place, prepare, split_modes
 from jaxmaf.history import History
 from jaxmaf.optimizers import is_transformation
+from jaxmaf.programs import bind
 from jaxmaf.progress import progress_bar
 from jaxmaf.validation import check_float, check_int
 
@@ -30,7 +31,6 @@ def _select(mask, new, old):
     )
 
 
-@functools.partial(jax.jit, static_argnames=(*STATIC, "eval_graphdef", "averaged"))
 def _ensemble_epoch(
     params,
     rest,
@@ -250,12 +250,22 @@ def fit_ensemble(
         params, rest, opt_state, best, keys, best_loss = place(
             (params, rest, opt_state, best, keys, best_loss), run.replicated
         )
+    run_epoch = bind(
+        _ensemble_epoch,
+        graphdef=graphdef,
+        eval_graphdef=eval_graphdef,
+        optimizer=opt,
+        batch_size=run.batch_size,
+        num_batches=run.num_batches,
+        batch_sharding=run.batch_sharding,
+        averaged=decay is not None,
+    )
     bar = progress_bar(num_epochs) if progress else None
     start = time.perf_counter()
     try:
         for epoch in range(num_epochs):
             t0 = time.perf_counter()
-            params, rest, opt_state, keys, best, best_loss, tl, vl, avg, gain_se = _ensemble_epoch(
+            params, rest, opt_state, keys, best, best_loss, tl, vl, avg, gain_se = run_epoch(
                 params,
                 rest,
                 opt_state,
@@ -267,13 +277,6 @@ def fit_ensemble(
                 run.context,
                 run.val_data,
                 run.val_context,
-                graphdef=graphdef,
-                eval_graphdef=eval_graphdef,
-                optimizer=opt,
-                batch_size=run.batch_size,
-                num_batches=run.num_batches,
-                batch_sharding=run.batch_sharding,
-                averaged=decay is not None,
             )
             tl, vl, bl, avg, (gain, se) = (np.asarray(a) for a in (tl, vl, best_loss, avg, gain_se))
             dt = time.perf_counter() - t0

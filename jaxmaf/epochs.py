@@ -3,7 +3,7 @@
 Shared by :func:`jaxmaf.fit` and :func:`jaxmaf.fit_ensemble`: the inputs are
 validated before any training (:func:`prepare`), the data are placed on the
 device(s) once, and each epoch (shuffle, minibatch ``lax.scan``, judgement)
-is one compiled program (:func:`train_epoch`).
+is one compiled program (:func:`train_epoch`, bound by :func:`jaxmaf.programs.bind`).
 """
 
 from __future__ import annotations
@@ -111,10 +111,6 @@ def epoch_body(
     return params, rest, opt_state, key, jnp.sum(losses) / n
 
 
-STATIC = ("graphdef", "optimizer", "batch_size", "num_batches", "batch_sharding")
-
-
-@functools.partial(jax.jit, static_argnames=(*STATIC, "eval_graphdef", "averaged"))
 def train_epoch(
     params,
     rest,
@@ -135,6 +131,8 @@ def train_epoch(
     averaged=False,
 ):
     """One epoch and its judgement, in one program (one dispatch and one sync per epoch).
+
+    Compiled by :func:`jaxmaf.programs.bind`, once per run's static choices.
 
     Returns the new state, the epoch's mean training loss, ``stats`` (2, 3):
     for the last iterate and (with ``averaged``) the parameter average held in

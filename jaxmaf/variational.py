@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -20,6 +19,7 @@ from flax import nnx
 from jaxmaf.elbo import elbo as estimate_elbo
 from jaxmaf.elbo import uses_jacobian
 from jaxmaf.optimizers import check_optimizer
+from jaxmaf.programs import bind
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import check_checkpoint_dir, load_state, save_best, save_state
 from jaxmaf.validation import check_context, check_int
@@ -76,18 +76,6 @@ def _steps_per_draw(steps: int, numbers_per_step: int) -> int:
     return next(c for c in range(bound, 0, -1) if steps % c == 0)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "graphdef",
-        "optimizer",
-        "log_target",
-        "batch_size",
-        "steps",
-        "steps_per_draw",
-        "score",
-    ),
-)
 def _block(
     params,
     rest,
@@ -106,7 +94,8 @@ def _block(
 ):
     """``steps`` optimizer steps in one program, then the ELBO of the result on fixed draws.
 
-    The base noise of ``steps_per_draw`` steps is drawn at once, and the steps scan it.
+    Compiled by :func:`jaxmaf.programs.bind`, once per run's static choices. The base
+    noise of ``steps_per_draw`` steps is drawn at once, and the steps scan it.
     ``score``: None for the plain gradient, else how sticking the landing gets its score.
     """
 
@@ -301,25 +290,28 @@ def fit_variational(
             ckpt, flow, (params, rest), opt_state, key, fingerprint, VariationalHistory
         )
     num_blocks = -(-num_steps // steps_per_block)
+    run_block = bind(
+        _block,
+        graphdef=graphdef,
+        optimizer=optimizer,
+        log_target=log_target,
+        batch_size=batch_size,
+        steps=steps_per_block,
+        steps_per_draw=steps_per_draw,
+        score=score,
+    )
     bar = progress_bar(num_blocks, min(start_block, num_blocks)) if progress else None
     start = time.perf_counter() - history.wall_time
     try:
+        if start_block < num_blocks:
+            pending = run_block(params, rest, opt_state, key, eval_noise, context)
         for block in range(start_block, num_blocks):
-            new_params, new_opt_state, key, train, judged = _block(
-                params,
-                rest,
-                opt_state,
-                key,
-                eval_noise,
-                context,
-                graphdef=graphdef,
-                optimizer=optimizer,
-                log_target=log_target,
-                batch_size=batch_size,
-                steps=steps_per_block,
-                steps_per_draw=steps_per_draw,
-                score=score,
-            )
+            new_params, new_opt_state, new_key, train, judged = pending
+            # The next block is dispatched from this one's result before it is read back, so
+            # the device does not wait for the bookkeeping below; if this block failed, the
+            # next one is dropped unread.
+            if block + 1 < num_blocks:
+                pending = run_block(new_params, rest, new_opt_state, new_key, eval_noise, context)
             train, judged = float(train), float(judged)
             if not (math.isfinite(train) and math.isfinite(judged)):
                 history.stop_reason = "non_finite"
@@ -331,7 +323,7 @@ def fit_variational(
                     stacklevel=2,
                 )
                 break
-            params, opt_state = new_params, new_opt_state
+            params, opt_state, key = new_params, new_opt_state, new_key
             history.steps += steps_per_block
             history.train_elbo.append(train)
             history.elbo.append(judged)

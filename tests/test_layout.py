@@ -14,6 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
 LAYERS = [
     {"version"},
     {"validation", "optimizers", "activations", "averaging", "chunking", "eager", "functional"},
+    {"programs"},
     {"history", "progress"},
     {"masks", "masked_linear", "splines", "batch_norm", "fileformat", "epochs", "logdet", "splits"},
     {"transformers", "toy_data", "legacy", "mask_records"},

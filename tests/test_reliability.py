@@ -282,15 +282,20 @@ def test_unusable_checkpoint_dir_is_refused_before_training(tmp_path):
 def test_unsavable_flow_warns_up_front_and_still_checkpoints(tmp_path):
     flow = jaxmaf.MAF(2, 2, (8,), activation=jnp.sin, rngs=R(0))
     calls = {"n": 0}
-    real = training.train_epoch
+    real = training.bind
 
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
+    def counting(fn, **static):
+        epoch = real(fn, **static)
+
+        def counted(*args):
+            calls["n"] += 1
+            return epoch(*args)
+
+        return counted
 
     with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as mp:
         warnings.simplefilter("always")
-        mp.setattr(training, "train_epoch", counting)
+        mp.setattr(training, "bind", counting)
         jaxmaf.fit(flow, _data(), checkpoint_dir=tmp_path, **KW)
     messages = [str(w.message) for w in caught if "best.jaxmaf" in str(w.message)]
     assert len(messages) == 1 and "callable" in messages[0]

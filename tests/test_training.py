@@ -14,7 +14,7 @@ from flax import nnx
 
 import jaxmaf
 from conftest import FLOWS, make_flow, make_inputs
-from jaxmaf import epochs, progress, training
+from jaxmaf import epochs, programs, progress, training
 
 COV = np.array([[1.0, 0.8], [0.8, 1.0]])
 
@@ -70,7 +70,7 @@ def test_second_fit_does_not_recompile():
     jaxmaf.fit(
         flow, x, validation_data=x[:50], optimizer=opt, batch_size=64, num_epochs=2, progress=False
     )
-    sizes = epochs.train_epoch._cache_size(), epochs.judge_rows._cache_size()
+    sizes = programs.traces, epochs.judge_rows._cache_size()
     jaxmaf.fit(
         flow,
         x,
@@ -81,7 +81,7 @@ def test_second_fit_does_not_recompile():
         seed=1,
         progress=False,
     )
-    assert (epochs.train_epoch._cache_size(), epochs.judge_rows._cache_size()) == sizes
+    assert (programs.traces, epochs.judge_rows._cache_size()) == sizes
 
 
 def test_conditional_fit_learns_context_dependence():
@@ -267,18 +267,23 @@ def test_patience_counts_only_epochs_evidently_worse_than_the_best(monkeypatch):
     rule stops after 1 + 5 + 3 epochs; the classic rule (``patience_se=None``), or a
     margin smaller than the epochs' differences, after 1 + 3.
     """
-    real = training.train_epoch
+    real = training.bind
     flat = [(1.0, np.inf, np.nan)] + [(1.001, -0.001, 0.01)] * 5 + [(1.5, -0.5, 0.01)] * 20
 
     def run(**kwargs):
         script = iter(flat)
 
-        def scripted(*args, **kw):
-            out = list(real(*args, **kw))
-            out[5] = jnp.array([next(script), (np.nan,) * 3])
-            return tuple(out)
+        def scripted(fn, **static):
+            epoch = real(fn, **static)
 
-        monkeypatch.setattr(training, "train_epoch", scripted)
+            def judged(*args):
+                out = list(epoch(*args))
+                out[5] = jnp.array([next(script), (np.nan,) * 3])
+                return tuple(out)
+
+            return judged
+
+        monkeypatch.setattr(training, "bind", scripted)
         x = gaussian_data(100, 9)
         h = jaxmaf.fit(
             small_flow(),
@@ -474,21 +479,26 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     h_ref = jaxmaf.fit(reference, x, **kw)
 
     calls = {"n": 0}
-    real = training.train_epoch
+    real = training.bind
 
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def interrupted(fn, **static):
+        epoch = real(fn, **static)
 
-    monkeypatch.setattr(training, "train_epoch", interrupted)
+        def fifth_interrupted(*args):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            return epoch(*args)
+
+        return fifth_interrupted
+
+    monkeypatch.setattr(training, "bind", interrupted)
     flow = small_flow()
     h1 = jaxmaf.fit(flow, x, checkpoint_dir=tmp_path, **kw)
     assert h1.stop_reason == "interrupted" and len(h1.val_loss) == 4
     # the interrupted flow holds its best parameters so far
     np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), min(h1.val_loss), rtol=1e-5)
-    monkeypatch.setattr(training, "train_epoch", real)
+    monkeypatch.setattr(training, "bind", real)
 
     resumed = small_flow(seed=42)  # a fresh flow: the checkpoint supplies the state
     h2 = jaxmaf.fit(resumed, x, checkpoint_dir=tmp_path, resume=True, **kw)

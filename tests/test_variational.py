@@ -160,9 +160,9 @@ def test_fit_variational_chooses_the_score_before_compiling(monkeypatch):
     for budget in (jaxmaf.elbo.JACOBIAN_BUDGET, 0):
         monkeypatch.setattr(jaxmaf.elbo, "JACOBIAN_BUDGET", budget)
         flow = jaxmaf.IAF(3, 2, (16,), rngs=nnx.Rngs(0))
-        size = jaxmaf.variational._block._cache_size()
+        traces = jaxmaf.programs.traces
         jaxmaf.fit_variational(flow, target, **kw)
-        assert jaxmaf.variational._block._cache_size() == size + 1
+        assert jaxmaf.programs.traces == traces + 1
         fits.append(jax.tree.leaves(nnx.state(flow, nnx.Param)))
     assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*fits, strict=True)) < 1e-4
     with pytest.raises(ValueError, match="score to be one of auto, jacobian, log_prob"):
@@ -320,9 +320,9 @@ def test_second_call_reuses_the_compiled_block(optimizer):
     opt = optax.adam(1e-3) if optimizer == "given" else None
     kw = dict(num_steps=20, batch_size=16, steps_per_block=10, optimizer=opt, progress=False)
     jaxmaf.fit_variational(flow, gaussian, **kw)
-    size = jaxmaf.variational._block._cache_size()
+    traces = jaxmaf.programs.traces
     jaxmaf.fit_variational(flow, gaussian, **kw)
-    assert jaxmaf.variational._block._cache_size() == size
+    assert jaxmaf.programs.traces == traces
 
 
 @pytest.mark.parametrize(
@@ -371,18 +371,26 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
     reference = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
     h_ref = jaxmaf.fit_variational(reference, gaussian, **kw)
 
-    real, calls = jaxmaf.variational._block, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
+    class CtrlC:  # Ctrl-C lands while the loop waits for the 4th block's result
+        def __float__(self):
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+
+    real, calls = jaxmaf.variational.bind, {"n": 0}
+
+    def interrupted(fn, **static):
+        run = real(fn, **static)
+
+        def block(*args):
+            calls["n"] += 1
+            *out, train, judged = run(*args)
+            return *out, CtrlC() if calls["n"] == 4 else train, judged
+
+        return block
 
     flow = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
-    monkeypatch.setattr(jaxmaf.variational, "_block", interrupted)
+    monkeypatch.setattr(jaxmaf.variational, "bind", interrupted)
     h1 = jaxmaf.fit_variational(flow, gaussian, checkpoint_dir=tmp_path, **kw)
-    monkeypatch.setattr(jaxmaf.variational, "_block", real)
+    monkeypatch.setattr(jaxmaf.variational, "bind", real)
     assert h1.stop_reason == "interrupted" and len(h1.elbo) == 3
     assert (tmp_path / "best.jaxmaf").exists()
     resumed = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
