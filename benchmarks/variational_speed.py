@@ -21,6 +21,14 @@ from the sampling pass's Jacobian) and ``stl_log_prob`` (the same with the
 score from the sequential ``log_prob``, as before 2026-11-27:
 ``jaxmaf.elbo.JACOBIAN_BUDGET`` set to 0).
 
+The ``floor`` (``--no-floor`` to skip) is the same arithmetic written by hand
+without jaxmaf: the IAF's masked matrix products, ELU, an ``exp`` scale
+(one transcendental per output, where jaxmaf's default softplus takes
+three), reversals as ``x[:, ::-1]``, Adam, the noise of 100 steps drawn at
+once, and no ELBO estimate between blocks: all steps in one ``lax.scan``. It
+bounds what any implementation of this step could reach on the machine, so
+the ratio ``numpyro / floor`` is the most a compiled loop can gain there.
+
 Run: python benchmarks/variational_speed.py [--out DIR] [--steps N] [--rounds N]
        [--targets funnel,banana] [--variants adam,flatten_adam] [--no-numpyro] [--quick]
 """
@@ -46,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default="funnel,banana")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--no-numpyro", action="store_true")
+    p.add_argument("--no-floor", action="store_true", help="skip the hand-written floor")
     p.add_argument("--quick", action="store_true", help="200 steps, 1 round (CI smoke)")
     args = p.parse_args(argv)
     for v in args.variants.split(","):
@@ -61,6 +70,8 @@ if __name__ == "__main__":
     parse_args()  # --help and argument errors answer here, before JAX loads
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -68,6 +79,66 @@ import jaxmaf
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 import variational as example  # noqa: E402 - the example's targets, family and numpyro side
+
+FLOOR_GROUP = 100  # steps whose noise the floor draws at once
+
+
+def floor_program(log_target, dim: int, steps: int):
+    """The hand-written step's compiled loop, ``run(params, opt_state, key)``, and its inputs.
+
+    A MADE with hidden degrees ``1 + (j mod (dim - 1))`` per layer (numpyro's and MADE's
+    rule), reversed orders between layers, the output layer started at zero.
+    """
+    layers, hidden, batch = example.LAYERS, example.HIDDEN, example.BATCH
+    deg_in = np.arange(1, dim + 1)
+    deg_h = np.arange(hidden) % max(dim - 1, 1) + 1
+    deg_out = np.concatenate([deg_in, deg_in])  # shift, then log-scale
+    masks = [
+        jnp.asarray(deg_h[None, :] >= deg_in[:, None], jnp.float32),
+        jnp.asarray(deg_h[None, :] >= deg_h[:, None], jnp.float32),
+        jnp.asarray(deg_out[None, :] > deg_h[:, None], jnp.float32),
+    ]
+    rng = np.random.default_rng(0)
+
+    def dense(fan_in, fan_out, scale=1.0):
+        w = rng.uniform(-1, 1, (fan_in, fan_out)) * scale / np.sqrt(fan_in)
+        return jnp.asarray(w, jnp.float32), jnp.zeros(fan_out, jnp.float32)
+
+    params = [
+        [dense(dim, hidden), dense(hidden, hidden), dense(hidden, 2 * dim, 0.0)]
+        for _ in range(layers)
+    ]
+    optimizer = optax.adam(example.LEARNING_RATE)
+
+    def neg_elbo(params, u):
+        x, log_det = u, 0.0
+        for i, layer in enumerate(params):
+            h = x
+            for j, (w, b) in enumerate(layer):
+                h = h @ (w * masks[j]) + b
+                h = jax.nn.elu(h) if j < 2 else h
+            shift, log_scale = h[:, :dim], h[:, dim:]
+            x, log_det = x * jnp.exp(log_scale) + shift, log_det + log_scale.sum(-1)
+            x = x[:, ::-1] if i + 1 < layers else x
+        log_q = -0.5 * jnp.sum(u**2, -1) - 0.5 * dim * np.log(2 * np.pi) - log_det
+        return jnp.mean(log_q - log_target(x))
+
+    def step(carry, u):
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(neg_elbo)(params, u)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    @jax.jit
+    def run(params, opt_state, key):
+        def group(carry, key):
+            u = jax.random.normal(key, (FLOOR_GROUP, batch, dim))
+            return jax.lax.scan(step, carry, u)
+
+        keys = jax.random.split(key, steps // FLOOR_GROUP)
+        return jax.lax.scan(group, (params, opt_state), keys)[1]
+
+    return run, (params, optimizer.init(params), jax.random.key(0))
 
 
 def optimizer(name: str) -> optax.GradientTransformation:
@@ -79,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 200, 1
+    if args.steps % FLOOR_GROUP:
+        raise SystemExit(f"--steps must be a multiple of {FLOOR_GROUP}, got {args.steps}")
     variants = {v: optimizer(v) for v in args.variants.split(",")}  # one object: one program
     use_numpyro = not args.no_numpyro
     if use_numpyro:
@@ -128,6 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         kl = {}
         for v in variants:  # warm-up: compile
             fit(v)
+        if not args.no_floor:
+            floor, floor_args = floor_program(log_target, dim, args.steps)
+            jax.block_until_ready(floor(*floor_args))  # compile
+            rates["floor"] = []
         if use_numpyro:
             rates["numpyro_per_call"] = []
         for r in range(args.rounds):
@@ -137,6 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
                 if r == 0:
                     x, log_q = flow.sample_and_log_prob(jax.random.key(1), (20_000,))
                     kl[v] = example.kl_estimate(x, log_q, log_target)[0]
+            if not args.no_floor:
+                t0 = time.perf_counter()
+                jax.block_until_ready(floor(*floor_args))
+                rates["floor"].append(args.steps / (time.perf_counter() - t0))
             if use_numpyro:
                 _, _, per_call, _ = example.run_numpyro(
                     name, args.steps, 0, 1000, compiled_loop=False
@@ -155,6 +236,14 @@ def main(argv: list[str] | None = None) -> dict:
             line += " | vs numpyro per call: " + ", ".join(
                 f"{v} {r:.2f}x" for v, r in entry["ratio_vs_numpyro_per_call"].items()
             )
+        if not args.no_floor:
+            entry["ratio_vs_floor"] = {v: median[v] / median["floor"] for v in variants}
+            line += " | vs the floor: " + ", ".join(
+                f"{v} {r:.2f}x" for v, r in entry["ratio_vs_floor"].items()
+            )
+            if use_numpyro:
+                entry["floor_vs_numpyro_per_call"] = median["floor"] / median["numpyro_per_call"]
+                line += f" | floor vs numpyro per call {entry['floor_vs_numpyro_per_call']:.2f}x"
         print(line + f" | KL {', '.join(f'{v} {k:.4f}' for v, k in kl.items())}")
         if noisy:
             print(f"  WARNING: spread over 20% of the median ({', '.join(noisy)}): not trustworthy")
