@@ -19,7 +19,6 @@ from jaxmaf.averaging import DEFAULT_EMA_EPOCHS, ema_decay, with_parameter_avera
 from jaxmaf.epochs import against, epoch_body, judge_rows, place, prepare, split_modes
 from jaxmaf.history import History
 from jaxmaf.optimizers import is_transformation
-from jaxmaf.programs import bind
 from jaxmaf.progress import progress_bar
 from jaxmaf.validation import check_float, check_int
 
@@ -250,16 +249,7 @@ def fit_ensemble(
         params, rest, opt_state, best, keys, best_loss = place(
             (params, rest, opt_state, best, keys, best_loss), run.replicated
         )
-    run_epoch = bind(
-        _ensemble_epoch,
-        graphdef=graphdef,
-        eval_graphdef=eval_graphdef,
-        optimizer=opt,
-        batch_size=run.batch_size,
-        num_batches=run.num_batches,
-        batch_sharding=run.batch_sharding,
-        averaged=decay is not None,
-    )
+    run_epoch = run.bind(_ensemble_epoch, graphdef, eval_graphdef, opt, decay is not None)
     bar = progress_bar(num_epochs) if progress else None
     start = time.perf_counter()
     try:

@@ -19,6 +19,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmaf.programs import bind
+
 Array = jax.Array
 
 
@@ -218,6 +220,19 @@ class Run:
     num_batches: int
     batch_sharding: Any
     replicated: Any
+
+    def bind(self, epoch, graphdef, eval_graphdef, optimizer, averaged: bool):
+        """``epoch`` (:func:`train_epoch` or the ensemble's) compiled with this run's choices."""
+        return bind(
+            epoch,
+            graphdef=graphdef,
+            eval_graphdef=eval_graphdef,
+            optimizer=optimizer,
+            batch_size=self.batch_size,
+            num_batches=self.num_batches,
+            batch_sharding=self.batch_sharding,
+            averaged=averaged,
+        )
 
 
 def prepare(

@@ -30,7 +30,6 @@ from jaxmaf.ensemble import fit_ensemble
 from jaxmaf.epochs import check_data, judge_rows, place, prepare, split_modes, train_epoch
 from jaxmaf.history import History
 from jaxmaf.optimizers import check_optimizer
-from jaxmaf.programs import bind
 from jaxmaf.progress import progress_bar
 from jaxmaf.train_state import (
     BEST_FLOW,
@@ -261,16 +260,7 @@ def fit(
         kept_rows = jnp.full(judge[0].shape[0], jnp.inf, judge[0].dtype)
         if run.replicated is not None:
             kept_rows = place(kept_rows, run.replicated)
-    run_epoch = bind(
-        train_epoch,
-        graphdef=graphdef,
-        eval_graphdef=eval_graphdef,
-        optimizer=optimizer,
-        batch_size=run.batch_size,
-        num_batches=run.num_batches,
-        batch_sharding=run.batch_sharding,
-        averaged=decay is not None,
-    )
+    run_epoch = run.bind(train_epoch, graphdef, eval_graphdef, optimizer, decay is not None)
     bar = progress_bar(num_epochs, start_epoch) if progress else None
     start = time.perf_counter() - history.wall_time
     try:

@@ -17,7 +17,7 @@ from flax import nnx
 
 import jaxmaf
 from conftest import FLOWS, make_flow
-from jaxmaf import serialization, training
+from jaxmaf import epochs, serialization, training
 
 R = nnx.Rngs
 
@@ -282,7 +282,7 @@ def test_unusable_checkpoint_dir_is_refused_before_training(tmp_path):
 def test_unsavable_flow_warns_up_front_and_still_checkpoints(tmp_path):
     flow = jaxmaf.MAF(2, 2, (8,), activation=jnp.sin, rngs=R(0))
     calls = {"n": 0}
-    real = training.bind
+    real = epochs.bind
 
     def counting(fn, **static):
         epoch = real(fn, **static)
@@ -295,7 +295,7 @@ def test_unsavable_flow_warns_up_front_and_still_checkpoints(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as mp:
         warnings.simplefilter("always")
-        mp.setattr(training, "bind", counting)
+        mp.setattr(epochs, "bind", counting)
         jaxmaf.fit(flow, _data(), checkpoint_dir=tmp_path, **KW)
     messages = [str(w.message) for w in caught if "best.jaxmaf" in str(w.message)]
     assert len(messages) == 1 and "callable" in messages[0]

@@ -267,7 +267,7 @@ def test_patience_counts_only_epochs_evidently_worse_than_the_best(monkeypatch):
     rule stops after 1 + 5 + 3 epochs; the classic rule (``patience_se=None``), or a
     margin smaller than the epochs' differences, after 1 + 3.
     """
-    real = training.bind
+    real = epochs.bind
     flat = [(1.0, np.inf, np.nan)] + [(1.001, -0.001, 0.01)] * 5 + [(1.5, -0.5, 0.01)] * 20
 
     def run(**kwargs):
@@ -283,7 +283,7 @@ def test_patience_counts_only_epochs_evidently_worse_than_the_best(monkeypatch):
 
             return judged
 
-        monkeypatch.setattr(training, "bind", scripted)
+        monkeypatch.setattr(epochs, "bind", scripted)
         x = gaussian_data(100, 9)
         h = jaxmaf.fit(
             small_flow(),
@@ -479,7 +479,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     h_ref = jaxmaf.fit(reference, x, **kw)
 
     calls = {"n": 0}
-    real = training.bind
+    real = epochs.bind
 
     def interrupted(fn, **static):
         epoch = real(fn, **static)
@@ -492,13 +492,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
 
         return fifth_interrupted
 
-    monkeypatch.setattr(training, "bind", interrupted)
+    monkeypatch.setattr(epochs, "bind", interrupted)
     flow = small_flow()
     h1 = jaxmaf.fit(flow, x, checkpoint_dir=tmp_path, **kw)
     assert h1.stop_reason == "interrupted" and len(h1.val_loss) == 4
     # the interrupted flow holds its best parameters so far
     np.testing.assert_allclose(-float(flow.log_prob(xv).mean()), min(h1.val_loss), rtol=1e-5)
-    monkeypatch.setattr(training, "bind", real)
+    monkeypatch.setattr(epochs, "bind", real)
 
     resumed = small_flow(seed=42)  # a fresh flow: the checkpoint supplies the state
     h2 = jaxmaf.fit(resumed, x, checkpoint_dir=tmp_path, resume=True, **kw)
