@@ -122,7 +122,6 @@ def train_epoch(
     context,
     judge_data,
     judge_context,
-    kept_rows,
     *,
     graphdef,
     eval_graphdef,
@@ -136,11 +135,10 @@ def train_epoch(
 
     Compiled by :func:`jaxmaf.programs.bind`, once per run's static choices.
 
-    Returns the new state, the epoch's mean training loss, ``stats`` (2, 3):
-    for the last iterate and (with ``averaged``) the parameter average held in
-    the optimizer state (NaN without it), :func:`against` the per-point NLL
-    ``kept_rows`` of the parameters kept so far; and the two per-point NLLs
-    on ``judge_data``.
+    Returns the new state, the epoch's mean training loss, and ``rows``: the
+    per-point NLLs on ``judge_data`` of the last iterate and (with ``averaged``)
+    of the parameter average held in the optimizer state (NaN without it),
+    each ``(M,)``. :func:`epoch_stats` compares them with the kept parameters'.
     """
     params, rest, opt_state, key, train_loss = epoch_body(
         params,
@@ -161,8 +159,18 @@ def train_epoch(
         if averaged
         else jnp.full_like(rows, jnp.nan)
     )
-    stats = jnp.stack([against(rows, kept_rows), against(rows_avg, kept_rows)])
-    return params, rest, opt_state, key, train_loss, stats, (rows, rows_avg)
+    return params, rest, opt_state, key, train_loss, (rows, rows_avg)
+
+
+@jax.jit
+def epoch_stats(rows, kept_rows):
+    """``(2, 3)``: :func:`against` ``kept_rows`` for each of an epoch's two candidates.
+
+    A program of its own, not part of the epoch's: :func:`jaxmaf.fit` dispatches the
+    next epoch before it decides whether this one's parameters are kept, and so
+    before it knows the rows the epoch after that is judged against.
+    """
+    return jnp.stack([against(rows[0], kept_rows), against(rows[1], kept_rows)])
 
 
 def _rows(params, rest, graphdef, x, c):

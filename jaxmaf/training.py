@@ -27,7 +27,15 @@ from jaxmaf.averaging import (
     with_parameter_average,
 )
 from jaxmaf.ensemble import fit_ensemble
-from jaxmaf.epochs import check_data, judge_rows, place, prepare, split_modes, train_epoch
+from jaxmaf.epochs import (
+    check_data,
+    epoch_stats,
+    judge_rows,
+    place,
+    prepare,
+    split_modes,
+    train_epoch,
+)
 from jaxmaf.history import History
 from jaxmaf.optimizers import check_optimizer
 from jaxmaf.progress import progress_bar
@@ -264,13 +272,24 @@ def fit(
     bar = progress_bar(num_epochs, start_epoch) if progress else None
     start = time.perf_counter() - history.wall_time
     try:
+        pending = None  # an epoch dispatched before the last one's judgement was read
         for epoch in range(start_epoch, num_epochs):
             if patience is not None and since_best >= patience:
                 history.stop_reason = "early_stopping"
                 break
             t0 = time.perf_counter()
-            out = run_epoch(params, rest, opt_state, key, run.data, run.context, *judge, kept_rows)
-            new_params, new_rest, new_opt_state, new_key, train_loss, stats, rows = out
+            if pending is None:
+                pending = run_epoch(params, rest, opt_state, key, run.data, run.context, *judge)
+            new_params, new_rest, new_opt_state, new_key, train_loss, rows = pending
+            stats = epoch_stats(rows, kept_rows)  # queued before the next epoch, so read first
+            # The next epoch is dispatched before this one is read, so the device does not wait
+            # for the bookkeeping below; not when this epoch's judgement could stop training
+            # (and dropped unread if this epoch fails).
+            pending = None
+            if epoch + 1 < num_epochs and (patience is None or since_best + 1 < patience):
+                pending = run_epoch(
+                    new_params, new_rest, new_opt_state, new_key, run.data, run.context, *judge
+                )
             train_loss = float(train_loss)
             if not math.isfinite(train_loss):
                 history.stop_reason = "non_finite"

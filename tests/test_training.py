@@ -267,23 +267,17 @@ def test_patience_counts_only_epochs_evidently_worse_than_the_best(monkeypatch):
     rule stops after 1 + 5 + 3 epochs; the classic rule (``patience_se=None``), or a
     margin smaller than the epochs' differences, after 1 + 3.
     """
-    real = epochs.bind
+    real = training.epoch_stats
     flat = [(1.0, np.inf, np.nan)] + [(1.001, -0.001, 0.01)] * 5 + [(1.5, -0.5, 0.01)] * 20
 
     def run(**kwargs):
         script = iter(flat)
 
-        def scripted(fn, **static):
-            epoch = real(fn, **static)
+        def scripted(rows, kept_rows):
+            real(rows, kept_rows)
+            return jnp.array([next(script), (np.nan,) * 3])
 
-            def judged(*args):
-                out = list(epoch(*args))
-                out[5] = jnp.array([next(script), (np.nan,) * 3])
-                return tuple(out)
-
-            return judged
-
-        monkeypatch.setattr(epochs, "bind", scripted)
+        monkeypatch.setattr(training, "epoch_stats", scripted)
         x = gaussian_data(100, 9)
         h = jaxmaf.fit(
             small_flow(),
@@ -481,14 +475,17 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     calls = {"n": 0}
     real = epochs.bind
 
+    class CtrlC:  # Ctrl-C lands while the loop waits for the 5th epoch's loss
+        def __float__(self):
+            raise KeyboardInterrupt
+
     def interrupted(fn, **static):
         epoch = real(fn, **static)
 
         def fifth_interrupted(*args):
             calls["n"] += 1
-            if calls["n"] == 5:
-                raise KeyboardInterrupt
-            return epoch(*args)
+            *state, train_loss, rows = epoch(*args)
+            return *state, CtrlC() if calls["n"] == 5 else train_loss, rows
 
         return fifth_interrupted
 
@@ -763,3 +760,71 @@ def test_toy_data_sets_are_standardized_splits(make, names, dim):
         np.testing.assert_allclose(x.std(0), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="Unknown toy data set 'nope': expected one of"):
         make("nope")
+
+
+def test_each_epoch_is_judged_against_the_best_epoch_before_it(monkeypatch):
+    """The next epoch is dispatched before this one's judgement: its statistics must still
+    compare it with the parameters kept after that judgement, i.e. the best epoch before it
+    (its last iterate's or its average's rows, whichever was kept)."""
+    real, seen = training.epoch_stats, []
+
+    def recording(rows, kept_rows):
+        seen.append((np.asarray(rows[0]), np.asarray(rows[1]), np.asarray(kept_rows)))
+        return real(rows, kept_rows)
+
+    monkeypatch.setattr(training, "epoch_stats", recording)
+    x, xv = gaussian_data(300, 11), gaussian_data(100, 12)
+    h = jaxmaf.fit(
+        small_flow(), x, validation_data=xv, batch_size=64, num_epochs=12, progress=False
+    )
+    assert len(seen) == len(h.val_loss) == 12 and np.all(np.isinf(seen[0][2]))
+    for k in range(1, 12):
+        best = min(range(k), key=lambda j: (h.val_loss[j], j))  # first of the lowest
+        kept = seen[best][1] if h.averaged[best] else seen[best][0]
+        np.testing.assert_array_equal(seen[k][2], kept)
+
+
+@pytest.mark.parametrize("patience", [None, 2])
+def test_no_epoch_is_computed_past_the_last_one_read(monkeypatch, patience):
+    """Epochs dispatched ahead are never wasted at the end: as many programs run as epochs
+    are recorded, whether training stops at num_epochs or early."""
+    real, calls = epochs.bind, {"n": 0}
+
+    def counting(fn, **static):
+        epoch = real(fn, **static)
+
+        def counted(*args):
+            calls["n"] += 1
+            return epoch(*args)
+
+        return counted
+
+    monkeypatch.setattr(epochs, "bind", counting)
+    x = gaussian_data(200, 13)
+    # a learning rate this large stalls the fit, so patience 2 stops it early
+    opt = optax.sgd(0.5) if patience else optax.adam(1e-3)
+    h = jaxmaf.fit(
+        small_flow(),
+        x,
+        optimizer=opt,
+        batch_size=100,
+        num_epochs=30,
+        patience=patience,
+        patience_se=None,
+        progress=False,
+    )
+    assert calls["n"] == len(h.train_loss)
+    assert h.stop_reason == ("early_stopping" if patience else "completed")
+
+
+def test_epochs_dispatched_ahead_chain_like_one_epoch_per_call(tmp_path):
+    """A run whose next epoch is dispatched before the last is read equals, to the bit, the
+    same run made one epoch per call (each call resumes the last one's checkpoint, so it
+    dispatches nothing ahead)."""
+    x, xv = gaussian_data(300, 14), gaussian_data(100, 15)
+    kw = dict(validation_data=xv, batch_size=64, seed=4, progress=False)
+    h_ahead = jaxmaf.fit(small_flow(), x, num_epochs=5, **kw)
+    for n in range(1, 6):
+        h = jaxmaf.fit(small_flow(), x, num_epochs=n, checkpoint_dir=tmp_path, resume=True, **kw)
+    np.testing.assert_array_equal(h.val_loss, h_ahead.val_loss)
+    np.testing.assert_array_equal(h.train_loss, h_ahead.train_loss)
