@@ -252,22 +252,36 @@ def fit_ensemble(
     run_epoch = run.bind(_ensemble_epoch, graphdef, eval_graphdef, opt, decay is not None)
     bar = progress_bar(num_epochs) if progress else None
     start = time.perf_counter()
+
+    def dispatch():
+        return run_epoch(
+            params,
+            rest,
+            opt_state,
+            keys,
+            best,
+            best_loss,
+            jnp.asarray(active),
+            run.data,
+            run.context,
+            run.val_data,
+            run.val_context,
+        )
+
     try:
+        pending = None  # an epoch dispatched before the last one was read
         for epoch in range(num_epochs):
             t0 = time.perf_counter()
-            params, rest, opt_state, keys, best, best_loss, tl, vl, avg, gain_se = run_epoch(
-                params,
-                rest,
-                opt_state,
-                keys,
-                best,
-                best_loss,
-                jnp.asarray(active),
-                run.data,
-                run.context,
-                run.val_data,
-                run.val_context,
-            )
+            out = dispatch() if pending is None else pending
+            params, rest, opt_state, keys, best, best_loss, tl, vl, avg, gain_se = out
+            # As in fit: the next epoch runs while this one is read, unless a member could
+            # stop by patience after it. A member that stops by a non-finite loss gets one
+            # more epoch there, which changes nothing kept (its best is already chosen).
+            pending = None
+            if epoch + 1 < num_epochs and (
+                patience is None or bool(np.all(since_best[active] + 1 < patience))
+            ):
+                pending = dispatch()
             tl, vl, bl, avg, (gain, se) = (np.asarray(a) for a in (tl, vl, best_loss, avg, gain_se))
             dt = time.perf_counter() - t0
             for i, h in enumerate(histories):

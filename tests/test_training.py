@@ -14,7 +14,7 @@ from flax import nnx
 
 import jaxmaf
 from conftest import FLOWS, make_flow, make_inputs
-from jaxmaf import epochs, programs, progress, training
+from jaxmaf import ensemble, epochs, programs, progress, training
 
 COV = np.array([[1.0, 0.8], [0.8, 1.0]])
 
@@ -361,26 +361,41 @@ def test_ensemble_members_keep_their_own_drawn_permutations():
         np.testing.assert_allclose(flow.log_prob(x), single.log_prob(x), rtol=1e-4, atol=1e-4)
 
 
-def test_ensemble_members_stop_where_single_fits_stop():
-    """Early stopping with ``patience_se`` per member, as in :func:`jaxmaf.fit`."""
+def test_ensemble_members_stop_where_single_fits_stop(monkeypatch):
+    """Early stopping with ``patience_se`` per member, as in :func:`jaxmaf.fit`; no epoch is
+    run past the last member's last (none dispatched ahead when a member could stop)."""
+    real, calls = epochs.bind, {"n": 0}
+
+    def counting(fn, **static):
+        epoch = real(fn, **static)
+
+        def counted(*args):
+            calls["n"] += fn is ensemble._ensemble_epoch
+            return epoch(*args)
+
+        return counted
+
+    monkeypatch.setattr(epochs, "bind", counting)
     x, xv = gaussian_data(300, 7), gaussian_data(60, 8)
     make = lambda rngs: jaxmaf.MAF(2, 2, (8, 8), rngs=rngs)  # noqa: E731
     opt, seeds = optax.adam(0.1), [0, 1, 2, 3]
     common = dict(validation_data=xv, batch_size=100, num_epochs=30, patience=2, progress=False)
     lengths = {}
     for patience_se in (1.0, None):
-        _, hists = jaxmaf.fit_ensemble(
+        calls["n"] = 0
+        flows, hists = jaxmaf.fit_ensemble(
             make, x, seeds=seeds, optimizer=opt, patience_se=patience_se, **common
         )
-        for h, seed in zip(hists, seeds, strict=True):
-            hs = jaxmaf.fit(
-                make(nnx.Rngs(seed)), x, optimizer=opt, seed=seed, patience_se=patience_se, **common
-            )
+        assert calls["n"] == max(len(h.val_loss) for h in hists)
+        for flow, h, seed in zip(flows, hists, seeds, strict=True):
+            single = make(nnx.Rngs(seed))
+            hs = jaxmaf.fit(single, x, optimizer=opt, seed=seed, patience_se=patience_se, **common)
             assert (len(h.val_loss), h.best_epoch, h.stop_reason) == (
                 len(hs.val_loss),
                 hs.best_epoch,
                 hs.stop_reason,
             )
+            np.testing.assert_allclose(flow.log_prob(xv), single.log_prob(xv), rtol=1e-4, atol=1e-4)
         lengths[patience_se] = np.array([len(h.val_loss) for h in hists])
     # epochs within noise of the best no longer count: no member stops sooner, some go on
     assert np.all(lengths[1.0] >= lengths[None]) and np.any(lengths[1.0] > lengths[None])
