@@ -2,8 +2,10 @@
 
 Shared by :func:`jaxmaf.fit` and :func:`jaxmaf.fit_ensemble`: the inputs are
 validated before any training (:func:`prepare`), the data are placed on the
-device(s) once, and each epoch (shuffle, minibatch ``lax.scan``, judgement)
-is one compiled program (:func:`train_epoch`, bound by :func:`jaxmaf.programs.bind`).
+device(s) once, and each epoch (shuffle, minibatch ``lax.scan``, the per-point
+NLLs that judge it) is one compiled program (:func:`train_epoch`, bound by
+:func:`jaxmaf.programs.bind`); its comparison with the kept parameters is
+another, small one (:func:`epoch_stats`).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def train_epoch(
     batch_sharding=None,
     averaged=False,
 ):
-    """One epoch and its judgement, in one program (one dispatch and one sync per epoch).
+    """One epoch and the per-point NLLs that judge it, in one program.
 
     Compiled by :func:`jaxmaf.programs.bind`, once per run's static choices.
 
