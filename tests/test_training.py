@@ -828,8 +828,8 @@ def test_no_epoch_is_computed_past_the_last_one_read(monkeypatch, patience):
         patience_se=None,
         progress=False,
     )
-    assert calls["n"] == len(h.train_loss)
-    assert h.stop_reason == ("early_stopping" if patience else "completed")
+    expected = "early_stopping" if patience else "completed"
+    assert calls["n"] == len(h.train_loss) and h.stop_reason == expected
 
 
 def test_epochs_dispatched_ahead_chain_like_one_epoch_per_call(tmp_path):
