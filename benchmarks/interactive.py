@@ -11,7 +11,9 @@ prints:
     interleaved rounds of the per-round ratio, with its quartiles.
 Then the time of ``import jaxmaf`` against ``import distrax`` (which jaxmaf
 imports), ``import jax`` and ``import flowjax.flows``, each in fresh processes,
-interleaved, medians. Last, one train step with the flow's state handed to the
+interleaved, medians. Then the time to build a flow in a fresh process:
+the first one, and a sweep of new shapes after it (with the programs each
+build compiled), jaxmaf against flowjax. Last, one train step with the flow's state handed to the
 compiled step five ways (flat leaf lists, plain dicts from ``jaxmaf.split``,
 ``nnx.State``, the module itself, ``nnx.jit`` with ``nnx.Optimizer``) and a
 jitted ``log_prob`` given the parameters three ways: the Python cost around
@@ -20,7 +22,7 @@ each call.
 Workload: 2-d flows, 4 layers, MADE 64x64 (the circles example's), 1000
 points; a conditional MAF with 2 context dimensions.
 
-Run: python benchmarks/interactive.py [--out DIR] [--quick]
+Run: python benchmarks/interactive.py [--out DIR] [--quick] [--build-rounds N]
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=30, help="interleaved eager/jit rounds per call")
     p.add_argument(
         "--import-rounds", type=int, default=5, help="fresh processes per import (0: skip)"
+    )
+    p.add_argument(
+        "--build-rounds", type=int, default=5, help="fresh processes per flow build (0: skip)"
     )
     p.add_argument("--no-peers", action="store_true", help="jaxmaf's calls only (no flowjax)")
     p.add_argument("--no-train-step", action="store_true", help="skip the train-step table")
@@ -354,10 +359,92 @@ def import_times(rounds):
     return result
 
 
+# A first flow (the circles example's), then a sweep of new shapes: MAF (dim, 5 layers, width x2)
+BUILD_SWEEP = [(4, 32), (4, 64), (8, 48), (8, 96), (16, 64), (16, 128), (32, 128), (32, 256)]
+BUILD_SCRIPT = """
+import json, time
+import jax, jax.numpy as jnp
+{imports}
+compiles = [0]
+jax.monitoring.register_event_duration_secs_listener(
+    lambda e, d, **k: compiles.__setitem__(0, compiles[0] + (e == {event!r})))
+def build(dim, layers, width):
+    c, t = compiles[0], time.perf_counter()
+    jax.block_until_ready(jax.tree.leaves({arrays}))
+    return dict(dim=dim, width=width, s=time.perf_counter() - t, compiles=compiles[0] - c)
+first = build(2, 4, 64)
+print(json.dumps(dict(first=first, sweep=[build(d, 5, w) for d, w in {sweep}])))
+"""
+BUILDERS = {
+    "jaxmaf": (
+        "import jaxmaf\nfrom flax import nnx",
+        "nnx.state(jaxmaf.MAF(dim, layers, (width, width), rngs=nnx.Rngs(0)))",
+    ),
+    "flowjax": (
+        "import equinox as eqx\nfrom flowjax.distributions import Normal\n"
+        "from flowjax.flows import masked_autoregressive_flow",
+        "eqx.filter(masked_autoregressive_flow(jax.random.key(0), base_dist=Normal("
+        "jnp.zeros(dim)), flow_layers=layers, nn_width=width, nn_depth=2), eqx.is_array)",
+    ),
+}
+
+
+def build_times(rounds, peers=True):
+    """Seconds to build a flow: the first in a fresh process, then each of a sweep of shapes.
+
+    Every new shape used to compile its initializers (jaxmaf before 2026-11-27: 0.6 s per
+    4-layer MAF on a 2-core CPU). Fresh processes, libraries interleaved, medians; the
+    programs each build compiled (``jax.monitoring``).
+    """
+    if rounds < 1:
+        return {}
+    names = list(BUILDERS) if peers else ["jaxmaf"]
+    runs = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            imports, arrays = BUILDERS[name]
+            code = BUILD_SCRIPT.format(
+                imports=imports, arrays=arrays, event=TRACE_EVENTS[1], sweep=BUILD_SWEEP
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if out.returncode == 0:
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            elif not runs[name]:
+                print(f"build {name}: failed ({out.stderr.strip().splitlines()[-1:]})")
+    result = {}
+    print(f"{'build a flow (fresh processes)':<34} {'first (s)':>9} {'sweep of new shapes':>26}")
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        firsts = [r["first"]["s"] for r in rs]
+        sweeps = [sum(b["s"] for b in r["sweep"]) for r in rs]
+        compiles = [b["compiles"] for b in rs[-1]["sweep"]]
+        result[name] = dict(
+            first_median_s=statistics.median(firsts),
+            first_range_s=(min(firsts), max(firsts)),
+            first_compiles=rs[-1]["first"]["compiles"],
+            sweep=[dict(dim=d, width=w) for d, w in BUILD_SWEEP],
+            sweep_total_median_s=statistics.median(sweeps),
+            sweep_total_range_s=(min(sweeps), max(sweeps)),
+            sweep_compiles=compiles,
+            processes=len(rs),
+        )
+        note = ""
+        if max(sweeps) - min(sweeps) > 0.3 * statistics.median(sweeps):
+            note = "  WARNING: spread over 30% of the median"
+        print(
+            f"{name:<34} {statistics.median(firsts):9.2f} "
+            f"{statistics.median(sweeps):8.2f} s for {len(BUILD_SWEEP)} "
+            f"[{min(sweeps):.2f}-{max(sweeps):.2f}], {sum(compiles)} programs compiled{note}"
+        )
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.quick:
         args.rounds, args.import_rounds = 3, min(args.import_rounds, 1)
+        args.build_rounds = min(args.build_rounds, 1)
     os.makedirs(args.out, exist_ok=True)
     print(
         f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); jax {jax.__version__}"
@@ -373,6 +460,8 @@ def main(argv=None):
     steps = {} if args.no_train_step else train_step_paths(args.rounds)
     print()
     imports = import_times(args.import_rounds)
+    print()
+    builds = build_times(args.build_rounds, peers=not args.no_peers)
     result = dict(
         backend=jax.default_backend(),
         device=jax.devices()[0].device_kind,
@@ -380,6 +469,7 @@ def main(argv=None):
         calls=rows,
         train_step_paths=steps,
         imports=imports,
+        builds=builds,
         versions=dict(
             jax=jax.__version__, jaxmaf=jaxmaf.__version__, python=platform.python_version()
         ),

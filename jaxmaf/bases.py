@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmaf.draws import draw, full, standard_normal
 from jaxmaf.validation import check_choice, check_int, check_param_dtype
 
 Array = jax.Array
@@ -103,9 +104,9 @@ class MixtureOfGaussians(nnx.Module):
         self.dim = check_int("dim", dim, minimum=1)
         k = check_int("num_components", num_components, minimum=1)
         dtype = jnp.dtype(check_param_dtype(param_dtype))
-        self.logits = nnx.Param(jnp.zeros((k,), dtype))
-        self.means = nnx.Param(jax.random.normal(rngs.params(), (k, self.dim), dtype))
-        self.log_scales = nnx.Param(jnp.zeros((k, self.dim), dtype))
+        self.logits = nnx.Param(full((k,), 0.0, dtype))
+        self.means = nnx.Param(draw(standard_normal, rngs.params(), (k, self.dim), dtype))
+        self.log_scales = nnx.Param(full((k, self.dim), 0.0, dtype))
 
     def log_prob(self, u: Array) -> Array:
         """Log-density ``(..., dim) -> (...)`` (a logsumexp over the components)."""

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmaf.draws import full
 from jaxmaf.validation import (
     check_event,
     check_float,
@@ -61,10 +62,10 @@ class BatchNorm(nnx.Module):
         dtype = check_param_dtype(param_dtype)
         self.dim, self.momentum, self.eps = dim, momentum, eps
         self.use_running_average = False
-        self.log_gamma = nnx.Param(jnp.zeros((dim,), dtype))
-        self.beta = nnx.Param(jnp.zeros((dim,), dtype))
-        self.mean = nnx.BatchStat(jnp.zeros((dim,), dtype))
-        self.var = nnx.BatchStat(jnp.ones((dim,), dtype))
+        self.log_gamma = nnx.Param(full((dim,), 0.0, dtype))
+        self.beta = nnx.Param(full((dim,), 0.0, dtype))
+        self.mean = nnx.BatchStat(full((dim,), 0.0, dtype))
+        self.var = nnx.BatchStat(full((dim,), 1.0, dtype))
 
     def statistics(self, x: Array, update: bool = False) -> tuple[Array, Array]:
         """Mean and variance to normalise ``x`` ``(..., D)`` with.

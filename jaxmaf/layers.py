@@ -157,14 +157,19 @@ class Permutation(nnx.Module):
     """
 
     def __init__(self, permutation: Sequence[int] | np.ndarray | jax.Array):
+        # Concrete values are handled on the host: eager jnp operations compile a
+        # program for each new dim.
         if isinstance(permutation, jax.Array):
             perm = check_index_array(permutation)
         else:
-            perm = jnp.asarray(
-                check_permutation(permutation, len(np.asarray(permutation))), jnp.int32
-            )
+            perm = check_permutation(permutation, len(np.asarray(permutation)))
+            perm = jax.device_put(np.asarray(perm, np.int32))
+        if isinstance(perm, jax.core.Tracer):
+            inverse = jnp.argsort(perm).astype(jnp.int32)
+        else:
+            inverse = jax.device_put(np.argsort(np.asarray(perm)).astype(np.int32))
         self.permutation = PermutationIndex(perm)
-        self.inverse = PermutationIndex(jnp.argsort(perm).astype(jnp.int32))
+        self.inverse = PermutationIndex(inverse)
 
     def checked(self, source: str = "<bytes>") -> list[int]:
         """The permutation as a list, once its state is checked (as after loading a file).

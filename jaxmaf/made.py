@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -11,6 +12,7 @@ from flax import nnx
 
 from jaxmaf import masks as masks_lib
 from jaxmaf.activations import ACTIVATIONS, get_activation
+from jaxmaf.draws import draw
 from jaxmaf.masked_linear import INITS, Constant, MaskedLinear, made_initializers, uniform_fan_in
 from jaxmaf.validation import (
     check_choice,
@@ -155,7 +157,7 @@ class MADE(nnx.Module):
                 context_dim,
                 first_width,
                 use_bias=False,
-                kernel_init=context_init,
+                kernel_init=functools.partial(draw, context_init),  # few compiled programs
                 param_dtype=param_dtype,
                 rngs=rngs,
             )

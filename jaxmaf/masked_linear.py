@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmaf.draws import draw, flat_form, zeros
 from jaxmaf.validation import check_param_dtype, check_rngs, constructor_signature
 
 Array = jax.Array
@@ -45,11 +46,6 @@ class Constant:
         return f"Constant(shape={self.array.shape}, dtype={self.array.dtype})"
 
 
-def _zeros(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
-    """The zero initializer (a scale-0 draw): one function, so :func:`draw` compiles it once."""
-    return jnp.zeros(shape, dtype)
-
-
 @functools.lru_cache(maxsize=256)
 def uniform_fan_in(
     fan_in: int, scale: float = 1.0
@@ -79,15 +75,16 @@ def uniform_fan_in(
     """
     limit = float(scale) / np.sqrt(max(int(fan_in), 1))  # one function per (fan_in, scale)
     if limit == 0.0:  # no draw at all
-        return _zeros
+        return zeros
 
+    @flat_form("uniform", limit)
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
         return jax.random.uniform(key, shape, dtype, -limit, limit)
 
     return init
 
 
-LECUN_NORMAL = nnx.initializers.lecun_normal()
+LECUN_NORMAL = flat_form("lecun_normal", 1.0)(nnx.initializers.lecun_normal())
 
 
 @functools.lru_cache(maxsize=64)
@@ -105,8 +102,9 @@ def scaled_lecun_normal(scale: float) -> Callable[[Array, tuple[int, ...], jnp.d
       [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
     """
     if scale == 0.0:  # no draw at all
-        return _zeros
+        return zeros
 
+    @flat_form("lecun_normal", scale)
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> Array:
         return scale * LECUN_NORMAL(key, shape, dtype)
 
@@ -154,37 +152,6 @@ def made_initializers(
     return layers, LECUN_NORMAL  # (flax's Linear default when there is no hidden layer)
 
 
-def draw(init: Callable, key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
-    """``init(key, shape, dtype)`` as one compiled program per ``(init, shape, dtype)``.
-
-    Called eagerly, an initializer runs op by op, and each op compiles its own
-    program for each new shape (about ten per layer): most of the time a new
-    flow took to build. One program per initializer and shape is compiled once
-    and reused by every later flow of that shape. Inside a trace (``nnx.jit``,
-    ``nnx.eval_shape``) it is inlined as before.
-
-    Args:
-      init: an initializer ``(key, shape, dtype) -> Array`` (hashable: functions are).
-      key: a JAX random key.
-      shape: the shape drawn.
-      dtype: the dtype drawn.
-
-    Returns:
-      the array ``init`` returns.
-
-    Examples:
-      >>> a = draw(uniform_fan_in(4), jax.random.key(0), (3,), jnp.float32)
-      >>> bool(jnp.all(a == uniform_fan_in(4)(jax.random.key(0), (3,), jnp.float32)))
-      True
-    """
-    return _compiled(init, tuple(int(n) for n in shape), jnp.dtype(dtype))(key)
-
-
-@functools.lru_cache(maxsize=1024)
-def _compiled(init: Callable, shape: tuple[int, ...], dtype: jnp.dtype) -> Callable:
-    return jax.jit(lambda key: init(key, shape, dtype))
-
-
 @constructor_signature
 class MaskedLinear(nnx.Module):
     """A dense layer whose kernel is multiplied by a fixed binary mask.
@@ -230,7 +197,7 @@ class MaskedLinear(nnx.Module):
         if not use_bias:
             self.bias = None
         elif bias_init is None:
-            self.bias = nnx.Param(jnp.zeros((fan_out,), dtype))
+            self.bias = nnx.Param(draw(zeros, None, (fan_out,), dtype))
         else:
             self.bias = nnx.Param(draw(bias_init, rngs.params(), (fan_out,), dtype))
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmaf.draws import draw, standard_uniform
 from jaxmaf.validation import check_int, renamed
 
 ORDERS = ("natural", "reversed", "random")
@@ -277,6 +278,8 @@ def check_index_array(
         )
     if read_values and not isinstance(permutation, jax.core.Tracer):
         check_permutation(np.asarray(permutation), permutation.shape[0], what)
+    if permutation.dtype == jnp.int32:  # (an eager astype compiles, even to its own dtype)
+        return permutation
     return permutation.astype(jnp.int32)
 
 
@@ -312,15 +315,17 @@ def balanced_permutations(dim: int, n: int, uniform: Callable[[], Any], xp: Any)
       >>> [p.tolist() for p in balanced_permutations(3, 2, lambda: np.zeros(3), np)]
       [[2, 0, 1], [2, 0, 1]]
     """
+
+    def argsort(a):  # stable in both, so numpy and jax.numpy agree on ties
+        return np.argsort(a, kind="stable") if xp is np else jnp.argsort(a, stable=True)
+
     idx = xp.arange(dim)
-    cycle = xp.argsort(xp.where(idx == dim - 1, -2.0, xp.where(idx == 0, -1.0, uniform())))
+    cycle = argsort(xp.where(idx == dim - 1, -2.0, xp.where(idx == 0, -1.0, uniform())))
     orders = [idx]
     for layer in range(1, n + 1):
         last, first = cycle[layer % dim], cycle[(layer + 1) % dim]
-        orders.append(
-            xp.argsort(xp.where(idx == first, -1.0, xp.where(idx == last, 2.0, uniform())))
-        )
-    steps = [xp.argsort(xp.argsort(a)[b]) for a, b in zip(orders, orders[1:], strict=False)]
+        orders.append(argsort(xp.where(idx == first, -1.0, xp.where(idx == last, 2.0, uniform()))))
+    steps = [argsort(argsort(a)[b]) for a, b in zip(orders, orders[1:], strict=False)]
     return steps[::-1]  # the flow lists its layers base side first
 
 
@@ -365,12 +370,16 @@ def layer_permutations(
         perms = [check_permutation(p, dim) for p in permutation]
     elif permutation == "auto" and dim > 3:
         if not isinstance(seed, int):  # nnx.Rngs: drawn on the device, one draw per flow
-            return tuple(
-                p.astype(jnp.int32)
-                for p in balanced_permutations(
-                    dim, n, lambda: jax.random.uniform(seed.params(), (dim,)), jnp
-                )
-            )
+            dtype = jax.dtypes.canonicalize_dtype(float)
+            draws = [draw(standard_uniform, seed.params(), (dim,), dtype) for _ in range(n + 1)]
+            # Concrete draws are ordered on the host: op by op on the device, each new
+            # dim compiled about fifteen small programs (0.5 s of a new flow's build).
+            xp = jnp if any(isinstance(u, jax.core.Tracer) for u in draws) else np
+            it = iter(draws if xp is jnp else [np.asarray(u) for u in draws])
+            perms = balanced_permutations(dim, n, lambda: next(it), xp)
+            if xp is jnp:
+                return tuple(p.astype(jnp.int32) for p in perms)
+            return tuple(jax.device_put(p.astype(np.int32)) for p in perms)
         rng = np.random.default_rng([seed, 1])
         perms = balanced_permutations(dim, n, lambda: rng.uniform(size=dim), np)
     elif permutation == "auto" and dim == 3:  # the balanced design has nothing to draw in 3-d

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxmaf.draws import full
 from jaxmaf.validation import check_context, check_event, check_int
 
 Array = jax.Array
@@ -68,10 +69,10 @@ class Standardization(nnx.Module):
     """
 
     def __init__(self, dim: int, context_dim: int, dtype: Any):
-        self.shift = Statistic(jnp.zeros((dim,), dtype))
-        self.scale = Statistic(jnp.ones((dim,), dtype))
-        self.context_shift = Statistic(jnp.zeros((context_dim,), dtype))
-        self.context_scale = Statistic(jnp.ones((context_dim,), dtype))
+        self.shift = Statistic(full((dim,), 0.0, dtype))
+        self.scale = Statistic(full((dim,), 1.0, dtype))
+        self.context_shift = Statistic(full((context_dim,), 0.0, dtype))
+        self.context_scale = Statistic(full((context_dim,), 1.0, dtype))
 
     def set_from(self, data: Any, context: Any = None) -> None:
         """Sets the statistics to the column means and standard deviations of ``data``.

@@ -13,7 +13,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxmaf"
 # Each module may import only modules of a lower layer.
 LAYERS = [
     {"version"},
-    {"validation", "optimizers", "activations", "averaging", "chunking", "eager", "functional"},
+    {
+        "validation",
+        "optimizers",
+        "activations",
+        "averaging",
+        "chunking",
+        "eager",
+        "functional",
+        "draws",
+    },
     {"programs"},
     {"history", "progress"},
     {"masks", "masked_linear", "splines", "batch_norm", "fileformat", "epochs", "logdet", "splits"},
