@@ -76,9 +76,14 @@ TARGETS = {"banana": (banana, 2), "funnel": (funnel, 10)}
 
 
 def kl_estimate(x, log_q, log_target):
-    """KL(q || p) = E_q[log q - log p] (log Z = 0), with its Monte Carlo standard error."""
+    """KL(q || p) = E_q[log q - log p] (log Z = 0), its standard error, and Pareto k.
+
+    k is the shape of the importance weights' tail (jaxmaf.pareto_k): below 0.7 q is
+    reliable for importance sampling.
+    """
     d = np.asarray(log_q - log_target(x), np.float64)
-    return float(d.mean()), float(d.std() / math.sqrt(d.size))
+    k = math.nan if np.isnan(d).any() else jaxmaf.pareto_k(-d)  # NaN: a diverged fit
+    return float(d.mean()), float(d.std() / math.sqrt(d.size)), k
 
 
 # ------------------------------------------------------------------ jaxmaf
@@ -200,45 +205,49 @@ def main(argv=None):
     targets = {"banana": TARGETS["banana"]} if args.quick else TARGETS  # quick: a smoke run
     for name, (log_target, dim) in targets.items():
         flow, x, log_q, seconds, history = run_jaxmaf(log_target, dim, steps, args.seed, kl_samples)
-        kl, se = kl_estimate(x, log_q, log_target)
+        kl, se, k = kl_estimate(x, log_q, log_target)
         row = {
             "dim": dim,
             "jaxmaf_kl": kl,
             "jaxmaf_kl_se": se,
+            "jaxmaf_pareto_k": k,
             "jaxmaf_seconds": seconds,
             "jaxmaf_steps_per_s": steps / seconds,
         }
         samples[name] = {"jaxmaf": np.asarray(x[:2000])}
         line = (
-            f"{name:<7} D={dim:<3} jaxmaf KL {kl:.4f} +- {se:.4f} ({steps / seconds:,.0f} steps/s)"
+            f"{name:<7} D={dim:<3} jaxmaf KL {kl:.4f} +- {se:.4f}, Pareto k {k:.2f} "
+            f"({steps / seconds:,.0f} steps/s)"
         )
         if not args.quick:  # sticking the landing: its gradient variance, and a fit with it
             var = {stl: gradient_variance(flow, log_target, stl) for stl in (False, True)}
             _, xs, log_qs, seconds_stl, _ = run_jaxmaf(
                 log_target, dim, steps, args.seed, kl_samples, stl=True
             )
-            kl_stl, se_stl = kl_estimate(xs, log_qs, log_target)
+            kl_stl, se_stl, k_stl = kl_estimate(xs, log_qs, log_target)
             row |= {
                 "gradient_variance_at_fit": var[False],
                 "gradient_variance_at_fit_stl": var[True],
                 "jaxmaf_stl_kl": kl_stl,
                 "jaxmaf_stl_kl_se": se_stl,
+                "jaxmaf_stl_pareto_k": k_stl,
                 "jaxmaf_stl_steps_per_s": steps / seconds_stl,
             }
             line += (
                 f" | sticking the landing: gradient variance at the fit {var[True]:.3g} vs "
-                f"{var[False]:.3g}, KL {kl_stl:.4f} +- {se_stl:.4f} "
+                f"{var[False]:.3g}, KL {kl_stl:.4f} +- {se_stl:.4f}, Pareto k {k_stl:.2f} "
                 f"({steps / seconds_stl:,.0f} steps/s)"
             )
         if use_numpyro:
             xn, log_qn, per_call, compiled = run_numpyro(
                 name, steps, args.seed, kl_samples, compiled_loop=not args.quick
             )
-            kln, sen = kl_estimate(xn, log_qn, log_target)
+            kln, sen, kn = kl_estimate(xn, log_qn, log_target)
             timed = math.isfinite(compiled)
             row |= {
                 "numpyro_kl": kln,
                 "numpyro_kl_se": sen,
+                "numpyro_pareto_k": kn,
                 "numpyro_steps_per_s_per_call": steps / per_call,
                 "numpyro_steps_per_s_compiled_loop": steps / compiled if timed else None,
                 "speedup_vs_per_call": per_call / seconds,
@@ -247,7 +256,7 @@ def main(argv=None):
             samples[name]["numpyro"] = np.asarray(xn[:2000])
             loop = f"{steps / compiled:,.0f} compiled" if timed else "loop not timed"
             line += (
-                f" | numpyro AutoIAFNormal KL {kln:.4f} +- {sen:.4f} "
+                f" | numpyro AutoIAFNormal KL {kln:.4f} +- {sen:.4f}, Pareto k {kn:.2f} "
                 f"({steps / per_call:,.0f} steps/s per call, {loop}): "
                 f"jaxmaf {per_call / seconds:.1f}x per call"
                 + (f", {compiled / seconds:.1f}x compiled loop" if timed else "")

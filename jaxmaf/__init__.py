@@ -14,6 +14,7 @@ from jaxmaf.bases import MixtureOfGaussians, StandardNormal, standard_normal_log
 from jaxmaf.batch_norm import BatchNorm
 from jaxmaf.bijectors import MaskedAutoregressive, Permute
 from jaxmaf.config import FlowConfig
+from jaxmaf.diagnostics import ImportanceDiagnostics, importance_diagnostics, pareto_k
 from jaxmaf.ensemble import fit_ensemble
 from jaxmaf.epochs import check_data
 from jaxmaf.flow import Flow
@@ -43,6 +44,7 @@ __all__ = [
     "Flow",
     "FlowConfig",
     "History",
+    "ImportanceDiagnostics",
     "MaskedAutoregressive",
     "MaskedLinear",
     "MixtureOfGaussians",
@@ -60,11 +62,13 @@ __all__ = [
     "fit_ensemble",
     "fit_variational",
     "get_activation",
+    "importance_diagnostics",
     "is_autoregressive",
     "jacobian_nonzero",
     "load",
     "masks",
     "numpyro_flow",
+    "pareto_k",
     "save",
     "split",
     "standard_normal_log_prob",

@@ -123,8 +123,31 @@ def _block(
     return params, opt_state, key, train, judged
 
 
-def _check_target(log_target, flow, batch_size, context) -> None:
-    """Refuses, before training, a ``log_target`` that does not map ``(n, dim)`` to ``(n,)``."""
+def check_target(
+    log_target: Callable[..., Array], flow: nnx.Module, batch_size: int, context: Any
+) -> None:
+    """Refuses, before any work, a ``log_target`` that does not map ``(n, dim)`` to ``(n,)``.
+
+    Traced abstractly (``jax.eval_shape``): nothing is computed.
+
+    Args:
+      log_target: ``log_target(x)``, or ``log_target(x, context)`` for a context.
+      flow: the flow whose draws it will be given (its ``dim`` and dtype).
+      batch_size: the ``n`` of the draws.
+      context: ``(..., context_dim)`` or None.
+
+    Raises:
+      ValueError: not callable, failing on such inputs (its error named), or
+        returning another shape or a non-float dtype.
+
+    Examples:
+      >>> flow = jaxmaf.IAF(2, 2, (8,), rngs=nnx.Rngs(0))
+      >>> check_target(lambda x: x, flow, 16, None)
+      Traceback (most recent call last):
+      ...
+      ValueError: Expected log_target(x) to return one log-density per point, shape (16,), \
+for x of shape (16, 2); got (16, 2).
+    """
     if not callable(log_target):
         raise ValueError(f"Expected log_target to be a function of x, got {log_target!r}.")
     dtype = jax.tree.leaves(nnx.state(flow, nnx.Param))[0].dtype
@@ -253,7 +276,7 @@ def fit_variational(
             "would be biased. Build the variational flow with base='gaussian' (a MAF of up to "
             "three dimensions has a mixture base by default; an IAF never does)."
         )
-    _check_target(log_target, flow, batch_size, context)
+    check_target(log_target, flow, batch_size, context)
     dtype = jax.tree.leaves(nnx.state(flow, nnx.Param))[0].dtype
     context = None if context is None else jnp.asarray(context, dtype)
 

@@ -43,7 +43,8 @@ def test_example_quick(tmp_path, name, nll_keys, min_pngs):
 
 
 def test_variational_example_quick(tmp_path):
-    """Quick mode (the banana), jaxmaf and numpyro's AutoIAFNormal: KLs >= 0, a figure."""
+    """Quick mode (the banana), jaxmaf and numpyro's AutoIAFNormal: KLs >= 0, Pareto k, a
+    figure."""
     pytest.importorskip("numpyro")
     run_example("variational.py", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -51,6 +52,7 @@ def test_variational_example_quick(tmp_path):
         row = metrics[name]
         for lib in ("jaxmaf", "numpyro"):  # a KL estimate: >= 0 up to its Monte Carlo error
             assert math.isfinite(row[f"{lib}_kl"]) and row[f"{lib}_kl"] > -3 * row[f"{lib}_kl_se"]
+            assert math.isfinite(row[f"{lib}_pareto_k"])  # the importance weights' tail
         assert row["jaxmaf_steps_per_s"] > 0 and row["numpyro_steps_per_s_per_call"] > 0
     png = tmp_path / "targets_and_samples.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
