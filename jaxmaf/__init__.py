@@ -13,6 +13,7 @@ from jaxmaf.activations import ACTIVATIONS, get_activation
 from jaxmaf.bases import MixtureOfGaussians, StandardNormal, standard_normal_log_prob
 from jaxmaf.batch_norm import BatchNorm
 from jaxmaf.bijectors import MaskedAutoregressive, Permute
+from jaxmaf.calibration import Calibration, sbc
 from jaxmaf.config import FlowConfig
 from jaxmaf.diagnostics import ImportanceDiagnostics, importance_diagnostics, pareto_k
 from jaxmaf.ensemble import fit_ensemble
@@ -41,6 +42,7 @@ __all__ = [
     "Affine",
     "AutoregressiveLayer",
     "BatchNorm",
+    "Calibration",
     "Flow",
     "FlowConfig",
     "History",
@@ -70,6 +72,7 @@ __all__ = [
     "numpyro_flow",
     "pareto_k",
     "save",
+    "sbc",
     "split",
     "standard_normal_log_prob",
     "update_from_numpyro",

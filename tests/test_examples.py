@@ -60,13 +60,16 @@ def test_variational_example_quick(tmp_path):
 
 def test_posterior_estimation_example_quick(tmp_path):
     """Quick NPE on the bounded simulator (support and standardisation both in use): C2ST
-    accuracies and KL(p || q) estimates, a corner plot."""
+    accuracies and KL(p || q) estimates, SBC p-values and coverage, a corner plot."""
     run_example("posterior_estimation.py", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for task in ("beta_binomial",):
         for obs in metrics[task]["observations"]:
             assert 0.3 <= obs["jaxmaf_c2st"] <= 1.0 and math.isfinite(obs["jaxmaf_kl"])
             assert obs["jaxmaf_sample_seconds"] > 0
+        pvalues = metrics[task]["jaxmaf_sbc_ks_pvalues"]  # one per parameter
+        assert len(pvalues) == 3 and all(0 <= p <= 1 for p in pvalues)
+        assert 0 <= metrics[task]["jaxmaf_sbc_coverage_error"] <= 1
         png = tmp_path / f"{task}_corner.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

@@ -34,7 +34,7 @@ LAYERS = [
     {"serialization", "for_numpyro"},
     {"checkpoint", "train_state", "ensemble", "elbo"},
     {"variational"},
-    {"training", "diagnostics"},
+    {"training", "diagnostics", "calibration"},
     {"plotting"},
 ]
 
