@@ -42,7 +42,8 @@ class Calibration:
         higher density than ``theta_i`` (``theta_i`` lies in the highest-density region
         of level ``a`` when this is below ``a``).
       ks_pvalues: ``(dim,)`` Kolmogorov-Smirnov p-values of the ranks against
-        uniform (randomised to break ties): small means miscalibrated.
+        uniform (randomised to break ties): small means miscalibrated. With
+        ``dim`` tests at once, compare the smallest with ``alpha / dim``.
       levels: the credibility levels of the coverage curves.
       central_coverage: ``(len(levels), dim)``: how often ``theta_i`` falls in the
         central interval of each level, per dimension.

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmaf.draws import draw, flat_form, zeros
+from jaxmaf.draws import draw, flat_form, full, zeros
 from jaxmaf.validation import check_param_dtype, check_rngs, constructor_signature
 
 Array = jax.Array
@@ -197,7 +197,7 @@ class MaskedLinear(nnx.Module):
         if not use_bias:
             self.bias = None
         elif bias_init is None:
-            self.bias = nnx.Param(draw(zeros, None, (fan_out,), dtype))
+            self.bias = nnx.Param(full((fan_out,), 0.0, dtype))
         else:
             self.bias = nnx.Param(draw(bias_init, rngs.params(), (fan_out,), dtype))
 

@@ -93,6 +93,20 @@ def make_flow(name: str, dim: int, num_layers: int = 3, seed: int = 0) -> nnx.Mo
     return perturb(ctor(dim, num_layers, rngs=nnx.Rngs(seed)), seed=seed + 100)
 
 
+def standard_normal_flow(cls, dim: int, context_dim: int = 0) -> nnx.Module:
+    """An untrained flow with a zero output layer and a normal base: exactly N(0, I), for
+    every context (a known q for checks against closed forms)."""
+    return cls(
+        dim,
+        2,
+        (16,),
+        context_dim=context_dim,
+        output_init_scale=0.0,
+        base="gaussian",
+        rngs=nnx.Rngs(0),
+    )
+
+
 def make_inputs(name: str, dim: int, n: int = 4, seed: int = 1):
     """Points (n, dim) and a matching context (n, context_dim) or None."""
     _, context_dim = FLOWS[name]

@@ -11,20 +11,13 @@ from flax import nnx
 from scipy import stats
 
 import jaxmaf
+from conftest import standard_normal_flow
 from jaxmaf import calibration
 
 
-def normal_posterior(dim=2, context_dim=1):
-    """A conditional MAF with a zero output layer and a normal base: q(theta | x) = N(0, I)."""
-    return jaxmaf.MAF(
-        dim,
-        2,
-        (16,),
-        context_dim=context_dim,
-        output_init_scale=0.0,
-        base="gaussian",
-        rngs=nnx.Rngs(0),
-    )
+def normal_posterior():
+    """q(theta | x) = N(0, I) in 2-d, whatever the 1-d x."""
+    return standard_normal_flow(jaxmaf.MAF, 2, context_dim=1)
 
 
 def pairs(n, ratio, dim=2, seed=1):

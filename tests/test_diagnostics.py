@@ -9,20 +9,13 @@ import pytest
 from flax import nnx
 
 import jaxmaf
+from conftest import standard_normal_flow
 from jaxmaf.diagnostics import importance_diagnostics, pareto_k
 
 
 def normal_q(dim=1, context_dim=0):
-    """An untrained IAF with a zero output layer and a normal base: exactly q = N(0, I)."""
-    return jaxmaf.IAF(
-        dim,
-        1,
-        (4,),
-        context_dim=context_dim,
-        output_init_scale=0.0,
-        base="gaussian",
-        rngs=nnx.Rngs(0),
-    )
+    """q = N(0, I) exactly: an IAF (sampling and density in one pass)."""
+    return standard_normal_flow(jaxmaf.IAF, dim, context_dim)
 
 
 def scaled_normal(s, c=0.0):
