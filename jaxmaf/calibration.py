@@ -121,13 +121,13 @@ def sbc(
     seed = check_int("seed", seed, minimum=0)
     check_event(theta, flow.dim, "theta")
     check_context(context, flow.context_dim)
-    theta, context = jnp.asarray(theta), jnp.asarray(context)
+    theta, context = np.asarray(theta), np.asarray(context)  # blocks are cut on the host
     if theta.ndim != 2 or context.ndim != 2 or theta.shape[0] != context.shape[0]:
         raise ValueError(
             f"Expected theta of shape (n, {flow.dim}) and context of shape "
             f"(n, {flow.context_dim}) with the same n, got {theta.shape} and {context.shape}."
         )
-    if not bool(jnp.all(jnp.isfinite(theta))):
+    if not np.all(np.isfinite(theta)):
         raise ValueError("Expected finite theta, got NaN or infinity.")
     n, dim, draws = theta.shape[0], flow.dim, num_posterior_samples
     block = max(1, min(n, DRAW_BUDGET // (draws * dim)))
@@ -135,9 +135,8 @@ def sbc(
     key = jax.random.key(seed)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        pad = block - (stop - start)  # every call the same shape: one compiled program
-        t = jnp.concatenate([theta[start:stop], jnp.repeat(theta[stop - 1 : stop], pad, 0)])
-        c = jnp.concatenate([context[start:stop], jnp.repeat(context[stop - 1 : stop], pad, 0)])
+        rows = np.minimum(np.arange(start, start + block), n - 1)  # the last block padded:
+        t, c = theta[rows], context[rows]  # every call the same shape, one compiled program
         key, sub = jax.random.split(key)
         r, d = _ranks(flow, sub, draws, t, c)
         ranks.append(np.asarray(r)[: stop - start])

@@ -184,7 +184,7 @@ def importance_diagnostics(
         )
     check_target(log_target, flow, num_samples, context)
     x, log_q = flow.sample_and_log_prob(jax.random.key(seed), (num_samples,), context)
-    log_p = _target_program(log_target, context is not None)(x, context)
+    log_p = _target_program(log_target)(x, context)
     log_p, log_q = np.asarray(log_p, np.float64), np.asarray(log_q, np.float64)
     lw = log_p - log_q  # (num_samples, *batch)
     if np.isnan(lw).any():
@@ -205,12 +205,11 @@ def importance_diagnostics(
     fields = {name: np.array([c[name] for c in columns]) for name in columns[0]}
     if not batch:
         fields = {name: float(value[0]) for name, value in fields.items()}
+    reliable = fields["pareto_k"] < threshold
     return ImportanceDiagnostics(
         **fields,
         threshold=threshold,
-        reliable=(fields["pareto_k"] < threshold)
-        if batch
-        else bool(fields["pareto_k"] < threshold),
+        reliable=reliable if batch else bool(reliable),
         num_samples=num_samples,
     )
 
@@ -245,7 +244,5 @@ def _summary(lw: np.ndarray, rounding: float) -> dict[str, float]:
     )
 
 
-def _target_program(log_target: Callable[..., Array], conditional: bool) -> Callable:
-    if conditional:
-        return jax.jit(lambda x, c: log_target(x, c))
-    return jax.jit(lambda x, c: log_target(x))
+def _target_program(log_target: Callable[..., Array]) -> Callable:
+    return jax.jit(lambda x, c: log_target(x) if c is None else log_target(x, c))
